@@ -1,0 +1,26 @@
+# The two commands of the README: `make demo` (site in a box) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DURATION ?= 30
+
+.PHONY: setup demo test lint bench clean
+
+setup:
+	@./scripts/setup.sh
+
+demo: setup
+	$(PY) -m provisioning demo --duration $(DURATION)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest
+
+bench: setup
+	@for b in tests/bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .demo .mypy_cache .pytest_cache .ruff_cache

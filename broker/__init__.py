@@ -1,0 +1,1 @@
+"""The bus contract shared by devices and the gateway: topics, messages, Mosquitto setup."""

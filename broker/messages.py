@@ -1,0 +1,143 @@
+"""Payload models of the bus, with strict validation and a byte-size cap.
+
+Every payload is UTF-8 JSON. Both sides encode with :func:`encode` and decode
+with the ``decode_*`` functions, which raise a :class:`broker.errors.BadMessage`
+subclass naming what was wrong and never return a half-valid object.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
+
+from broker.errors import MalformedJSON, PayloadTooLarge, SchemaViolation
+from broker.topics import DEVICE_ID_PATTERN
+
+SCHEMA_VERSION = 1
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_RECORDS_PER_BATCH = 200
+
+DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
+# An outbox stream id: 32 lower-case hex digits, created once with the outbox.
+StreamId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+# A pseudonymous subject key: hex of a keyed hash, never the ID itself.
+SubjectKey = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32,64}$")]
+ShortText = Annotated[str, StringConstraints(max_length=200)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class PersonalFields(_Model):
+    """Identity fields of a subject, kept apart so they can be sealed to the health authority."""
+
+    id_number: Annotated[str, StringConstraints(max_length=32)]
+    name: ShortText = ""
+    date_of_birth: Annotated[str, StringConstraints(max_length=10)] = ""
+    old_id_number: Annotated[str, StringConstraints(max_length=32)] = ""
+
+
+class CheckIn(_Model):
+    """One scan at a gate, accepted or rejected; ``seq`` is unique within its stream."""
+
+    seq: int = Field(ge=1)
+    scanned_at: AwareDatetime
+    direction: Literal["in", "out"]
+    kind: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")]
+    accepted: bool
+    reason: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,48}$")]
+    subject: SubjectKey | None = None
+    personal: PersonalFields | None = None
+    warnings: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        default_factory=list, max_length=8
+    )
+
+
+class CheckInBatch(_Model):
+    """Check-ins of one device stream, in ascending ``seq`` order."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    device_id: DeviceId
+    stream: StreamId
+    records: list[CheckIn] = Field(min_length=1, max_length=MAX_RECORDS_PER_BATCH)
+
+    def model_post_init(self, __context: object) -> None:
+        seqs = [r.seq for r in self.records]
+        if any(b <= a for a, b in zip(seqs, seqs[1:], strict=False)):
+            raise ValueError("records must be in strictly ascending seq order")
+
+
+class Ack(_Model):
+    """Everything of ``stream`` up to and including ``upto`` is committed at the gateway."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    stream: StreamId
+    upto: int = Field(ge=0)
+
+
+class DeviceState(_Model):
+    """Retained device state; the broker publishes the ``offline`` last will for us."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    status: Literal["online", "offline"]
+    at: AwareDatetime | None = None
+    firmware: Annotated[str, StringConstraints(max_length=32)] = ""
+
+
+M = TypeVar("M", bound=_Model)
+
+
+def encode(message: BaseModel) -> bytes:
+    """Serialise a message; raises :class:`PayloadTooLarge` if it is over the cap."""
+    payload = message.model_dump_json(exclude_none=True).encode()
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(f"{len(payload)} bytes is over the {MAX_PAYLOAD_BYTES} byte cap")
+    return payload
+
+
+def _decode(model: type[M], payload: bytes) -> M:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(f"{len(payload)} bytes is over the {MAX_PAYLOAD_BYTES} byte cap")
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedJSON(f"not UTF-8 JSON: {exc}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise SchemaViolation(
+            f"{model.__name__}: {where}: {first['msg']} ({exc.error_count()} error(s))"
+        ) from None
+
+
+def decode_checkins(payload: bytes) -> CheckInBatch:
+    """Decode a check-in batch published by a device."""
+    return _decode(CheckInBatch, payload)
+
+
+def decode_ack(payload: bytes) -> Ack:
+    """Decode an ack published by the gateway."""
+    return _decode(Ack, payload)
+
+
+def decode_state(payload: bytes) -> DeviceState:
+    """Decode a device state message."""
+    return _decode(DeviceState, payload)
+
+
+def utc_iso(moment: datetime) -> str:
+    """ISO-8601 text of an aware datetime in UTC, as stored in the databases."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
