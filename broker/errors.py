@@ -35,3 +35,11 @@ class SchemaViolation(BadMessage):
 
 class BrokerStartError(BrokerError):
     """The mosquitto process could not be started or did not start listening."""
+
+
+class PasswordFileError(BrokerError):
+    """A Mosquitto password file or password hash cannot be written or parsed."""
+
+
+class BrokerConfigError(BrokerError):
+    """A broker configuration was refused, e.g. a user name unsafe in an ACL."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
@@ -23,7 +24,7 @@ from pydantic import (
 from broker.errors import MalformedJSON, PayloadTooLarge, SchemaViolation
 from broker.topics import DEVICE_ID_PATTERN
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_RECORDS_PER_BATCH = 200
 
@@ -74,7 +75,7 @@ class CheckInBatch(_Model):
 
     def model_post_init(self, __context: object) -> None:
         seqs = [r.seq for r in self.records]
-        if any(b <= a for a, b in zip(seqs, seqs[1:], strict=False)):
+        if any(b <= a for a, b in pairwise(seqs)):
             raise ValueError("records must be in strictly ascending seq order")
 
 
