@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from broker.messages import DeviceId
+from broker.secrets import read_password
 from device.errors import ConfigError
 
 
@@ -26,7 +26,8 @@ class FileSourceConfig(_Model):
     )
     loop: bool = Field(False, description="Start again after the last image.")
     shuffle_seed: int | None = Field(
-        None, description="Shuffle the images with this seed (each pass anew) instead of name order."
+        None,
+        description="Shuffle the images with this seed (each pass anew) instead of name order.",
     )
     interval_s: float = Field(
         0.0, ge=0, le=60, description="Seconds between frames; 0 reads as fast as decoding allows."
@@ -42,9 +43,7 @@ class Picamera2SourceConfig(_Model):
     camera_index: int = Field(0, ge=0, le=7)
 
 
-FrameSourceConfig = Annotated[
-    FileSourceConfig | Picamera2SourceConfig, Field(discriminator="type")
-]
+FrameSourceConfig = Annotated[FileSourceConfig | Picamera2SourceConfig, Field(discriminator="type")]
 
 
 class DecoderConfig(_Model):
@@ -59,6 +58,11 @@ class DecoderConfig(_Model):
 class PinsConfig(_Model):
     """GPIO pins (BCM numbering) of the gate's signals."""
 
+    factory: Literal["auto", "mock"] = Field(
+        "auto",
+        description="'auto': gpiozero's default (real pins on a Pi); 'mock': gpiozero's "
+        "MockFactory, for simulated gates and tests off the Pi.",
+    )
     green_led: int = Field(17, ge=0, le=27)
     red_led: int = Field(27, ge=0, le=27)
     buzzer: int = Field(22, ge=0, le=27)
@@ -85,15 +89,7 @@ class BrokerConfig(_Model):
 
     def password(self) -> str:
         """Read the broker password from its file or the environment."""
-        if self.password_file is not None:
-            try:
-                return self.password_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read broker password file: {exc}") from None
-        secret = os.environ.get("QRGATE_BROKER_PASSWORD")
-        if not secret:
-            raise ConfigError("no broker password: set password_file or QRGATE_BROKER_PASSWORD")
-        return secret
+        return read_password(self.password_file)
 
 
 class DeviceConfig(_Model):

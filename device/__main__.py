@@ -1,0 +1,57 @@
+"""Command line of the gate device: ``python -m device run --config FILE``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from broker.errors import BrokerError
+from device.app import GateDevice
+from device.config import load_config
+from device.errors import DeviceError
+
+logger = logging.getLogger("device")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m device", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="scan, signal and deliver check-ins until stopped")
+    run.add_argument("--config", type=Path, required=True, help="device config file (JSON)")
+    run.add_argument(
+        "--drain", type=float, default=5.0, help="seconds to keep delivering after a stop request"
+    )
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+async def _run(config_path: Path, drain_s: float) -> None:
+    config = load_config(config_path)
+    device = GateDevice(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logger.info("device %s at site %s starting", config.device_id, config.site_id)
+    await device.run(stop, drain_s=drain_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(_run(args.config, args.drain))
+    except (DeviceError, BrokerError) as exc:
+        logger.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
