@@ -1,0 +1,83 @@
+"""The gateway configuration: a validated model read from a JSON file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from broker.messages import DeviceId
+from broker.secrets import read_password
+from gateway.errors import ConfigError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceEntry(_Model):
+    """A device the gateway accepts check-ins from."""
+
+    device_id: DeviceId
+    site_id: DeviceId
+    gate: str = Field("", max_length=64, description="Gate name shown to operators.")
+    direction: Literal["in", "out"] = "in"
+
+
+class GatewayBrokerConfig(_Model):
+    """Where the site broker is and how the gateway logs in."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str = Field("gateway", min_length=1, max_length=64)
+    client_id: str = Field("qrgate-gateway", min_length=1, max_length=64)
+    password_file: Path | None = Field(
+        None, description="File holding the broker password; else $QRGATE_BROKER_PASSWORD."
+    )
+    keepalive_s: int = Field(15, ge=5, le=600)
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
+
+    def password(self) -> str:
+        """Read the broker password from its file or the environment."""
+        return read_password(self.password_file)
+
+
+class GatewayConfig(_Model):
+    """Everything the gateway needs to run."""
+
+    site_id: DeviceId
+    broker: GatewayBrokerConfig
+    database: Path = Field(description="SQLite file of the tracing database.")
+    devices: list[DeviceEntry] = Field(
+        default_factory=list, description="Devices to register at start (kept when removed here)."
+    )
+    max_batch_messages: int = Field(
+        500, ge=1, le=10_000, description="Messages written in one transaction at most."
+    )
+
+    @model_validator(mode="after")
+    def _unique_devices(self) -> GatewayConfig:
+        ids = [d.device_id for d in self.devices]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"devices listed twice: {', '.join(dupes)}")
+        return self
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate a gateway config file; relative paths are taken from its folder."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read gateway config {path}: {exc}") from None
+    try:
+        config = GatewayConfig.model_validate_json(text)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid gateway config {path}:\n{exc}") from None
+    base = path.parent
+    broker = config.broker
+    if broker.password_file is not None and not broker.password_file.is_absolute():
+        broker = broker.model_copy(update={"password_file": base / broker.password_file})
+    database = config.database if config.database.is_absolute() else base / config.database
+    return config.model_copy(update={"broker": broker, "database": database})

@@ -1,0 +1,73 @@
+"""The gateway service: broker connection, ingest and acks, wired on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from broker.client import BusClient, ClientSettings, PublishRefused
+from broker.messages import Ack, encode
+from broker.topics import Channel, all_devices, device_topic
+from gateway.config import GatewayConfig
+from gateway.ingest import Ingestor
+from gateway.store import SQLiteStore
+
+logger = logging.getLogger(__name__)
+
+
+class Gateway:
+    """Runs ingest against the site broker until stopped."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.store: SQLiteStore | None = None
+        self.ingestor: Ingestor | None = None
+        self.client: BusClient | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Open the store, connect, and ingest until ``stop`` is set."""
+        self.store = await SQLiteStore.open(self.config.database)
+        try:
+            await self.store.register_devices(self.config.devices)
+            self.ingestor = Ingestor(
+                self.store, send_ack=self._send_ack, max_batch=self.config.max_batch_messages
+            )
+            await self.ingestor.load()
+            self.client = self._make_client()
+            self.client.start()
+            task = asyncio.create_task(self.ingestor.run(), name="ingest")
+            await stop.wait()
+            task.cancel()
+            self.client.stop()
+            logger.info("gateway stopped: %s", dict(self.ingestor.counts))
+        finally:
+            await self.store.close()
+
+    def _make_client(self) -> BusClient:
+        b = self.config.broker
+        assert self.ingestor is not None
+        settings = ClientSettings(
+            client_id=b.client_id,
+            username=b.username,
+            password=b.password(),
+            host=b.host,
+            port=b.port,
+            keepalive_s=b.keepalive_s,
+            session_expiry_s=b.session_expiry_s,
+            max_queued=50_000,
+        )
+        return BusClient(
+            settings,
+            loop=asyncio.get_running_loop(),
+            subscriptions=[(all_devices(Channel.CHECKIN), 1), (all_devices(Channel.STATE), 1)],
+            on_message=self.ingestor.submit,
+        )
+
+    def _send_ack(self, device_id: str, stream: str, upto: int) -> None:
+        assert self.client is not None
+        try:
+            payload = encode(Ack(stream=stream, upto=upto))
+            self.client.publish(device_topic(device_id, Channel.ACK), payload, qos=1)
+        except PublishRefused as exc:
+            # The device resends after its ack timeout and gets the ack then.
+            logger.warning("ack to %s not sent: %s", device_id, exc)
