@@ -1,0 +1,175 @@
+"""Site in a box: a broker, the gateway and simulated gates, on this machine.
+
+Generates a site with simulated gate devices (each with its own broker
+credentials and gpiozero's mock pins), QR frames of synthetic people, then runs
+Mosquitto, the gateway and the devices as separate processes. Each decision is
+shown as it happens; at the end the devices are stopped (they deliver what
+they hold first) and the outboxes are compared with the tracing database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import shutil
+import signal
+import sys
+from datetime import date
+from pathlib import Path
+
+from broker.launcher import Mosquitto, free_port
+from device.config import FileSourceConfig
+from provisioning.census import Census, take_census
+from provisioning.people import NOT_CREDENTIALS, synthetic_people, write_frames
+from provisioning.site import DeviceSpec, Site, create_site
+
+logger = logging.getLogger(__name__)
+
+GATES = [
+    ("gate-1", "Cổng chính", "in"),
+    ("gate-2", "Cổng chính", "out"),
+    ("gate-3", "Cổng B", "in"),
+]
+
+
+def gate_texts(people_texts: list[str], rng: random.Random) -> list[str | None]:
+    """What one gate's camera sees: each person's card, some other codes, some empty frames."""
+    texts: list[str | None] = [*people_texts, *NOT_CREDENTIALS]
+    texts += [None] * (len(texts) // 4)
+    rng.shuffle(texts)
+    return texts
+
+
+def build_site(workdir: Path, *, people: int, seed: int, interval_s: float) -> Site:
+    """A fresh demo site under ``workdir`` with frames for every gate."""
+    site_dir = workdir / "site"
+    if site_dir.exists():
+        shutil.rmtree(site_dir)
+    rng = random.Random(seed)
+    texts = [p.card_text() for p in synthetic_people(people, seed=seed, today=date.today())]
+    specs = []
+    for i, (device_id, gate, direction) in enumerate(GATES):
+        frames = site_dir / "frames" / device_id
+        write_frames(frames, gate_texts(texts, rng), seed=seed + i)
+        source = FileSourceConfig(
+            paths=[frames], loop=True, shuffle_seed=seed + i, interval_s=interval_s
+        )
+        specs.append(DeviceSpec(device_id, gate, direction, source, pin_factory="mock"))  # type: ignore[arg-type]
+    return create_site(site_dir, site_id="demo-factory", port=free_port(), devices=specs)
+
+
+async def _relay(name: str, stream: asyncio.StreamReader | None, show_all: bool) -> None:
+    if stream is None:
+        return
+    async for raw in stream:
+        line = raw.decode(errors="replace").rstrip()
+        message = line.split(": ", 1)[-1]
+        if (
+            show_all
+            or " ACCEPT " in line
+            or " REJECT " in line
+            or "WARNING" in line
+            or "ERROR" in line
+        ):
+            print(f"{line[11:19]} [{name:<7}] {message}", flush=True)
+
+
+class Children:
+    """The demo's child processes and the tasks relaying their output."""
+
+    def __init__(self) -> None:
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.relays: list[asyncio.Task[None]] = []
+
+    async def spawn(self, name: str, module: str, config: Path) -> asyncio.subprocess.Process:
+        proc = await _spawn(module, config)
+        self.procs[name] = proc
+        self.relays.append(asyncio.create_task(_relay(name, proc.stderr, show_all=False)))
+        return proc
+
+    async def first_exit(self) -> str:
+        """Wait until any child exits; returns its name."""
+        waits = {asyncio.create_task(p.wait()): n for n, p in self.procs.items()}
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return waits[next(iter(done))]
+
+
+async def _spawn(module: str, config: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, "run", "--config", str(config),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # Ctrl-C reaches the demo only; it stops the rest in order
+    )  # fmt: skip
+
+
+async def _stop(procs: list[asyncio.subprocess.Process], timeout: float) -> None:
+    for proc in procs:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            logger.error("process %d did not stop; killing it", proc.pid)
+            proc.kill()
+            await proc.wait()
+
+
+async def run_site(site: Site, duration: float) -> None:
+    """Run broker, gateway and devices for ``duration`` seconds or until Ctrl-C."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    children = Children()
+    with Mosquitto(site.broker):
+        print(f"broker    mosquitto on {site.host}:{site.port} (config {site.broker.conf})")
+        gateway = await children.spawn("gateway", "gateway", site.gateway_config)
+        devices = [
+            await children.spawn(d, "device", site.device_config(d)) for d in site.device_ids
+        ]
+        print(f"gateway   database {site.database}")
+        print(f"devices   {', '.join(site.device_ids)} scanning for {duration:.0f} s (Ctrl-C ends)")
+        exited = asyncio.create_task(children.first_exit())
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait(
+            {exited, stopped}, timeout=duration, return_when="FIRST_COMPLETED"
+        )
+        if exited in done:
+            print(f"{exited.result()} exited early; stopping the site", file=sys.stderr)
+        exited.cancel()
+        stopped.cancel()
+        print("stopping: devices deliver what they hold, then the gateway stops")
+        await _stop(devices, timeout=20)
+        await _stop([gateway], timeout=10)
+        await asyncio.wait(children.relays, timeout=5)
+
+
+def summary_table(census: Census, site: Site) -> str:
+    rows = [
+        ("scanned", census.scanned),
+        ("accepted", census.accepted),
+        ("rejected", census.rejected),
+        ("stored in the tracing database", census.stored),
+        ("still in device outboxes", census.pending),
+        ("stored twice", census.duplicates),
+        ("lost", census.lost),
+        ("refused messages", census.refused_messages),
+    ]
+    lines = [f"  {label:<32}{value:>8}" for label, value in rows]
+    return "\n".join(["", "summary", *lines, f"  database: {site.database}"])
+
+
+def run_demo(workdir: Path, *, duration: float, people: int = 40, seed: int = 7) -> int:
+    """The whole demo; returns the process exit code (0 when nothing was lost)."""
+    site = build_site(workdir.resolve(), people=people, seed=seed, interval_s=0.4)
+    asyncio.run(run_site(site, duration))
+    census = take_census(site.database, {d: site.outbox(d) for d in site.device_ids})
+    print(summary_table(census, site))
+    print(json.dumps({**census.as_dict(), "database": str(site.database)}, ensure_ascii=False))
+    return 0 if census.lost == 0 and census.duplicates == 0 else 1

@@ -1,0 +1,181 @@
+"""End to end through a real mosquitto: every scan stored exactly once, or still in an outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from gpiozero.pins.mock import MockFactory
+
+from broker.launcher import Mosquitto
+from conftest import SiteMaker, StartService, db_rows, outbox_depth, stored_count, wait_until
+from device.app import GateDevice
+from device.config import load_config
+from provisioning.census import take_census
+from provisioning.site import Site
+
+Frames = tuple[list[str], list[Path]]
+
+
+def census(site: Site) -> dict[str, int]:
+    return take_census(site.database, {d: site.outbox(d) for d in site.device_ids}).as_dict()
+
+
+def acked_marks(site: Site) -> dict[str, int]:
+    rows = db_rows(site, "SELECT device_id, acked_upto FROM streams")
+    return {str(d): int(u) for d, u in rows}  # type: ignore[call-overload]
+
+
+def all_delivered(site: Site, per_device: int) -> Callable[[], bool]:
+    def check() -> bool:
+        return stored_count(site) == per_device * len(site.device_ids) and all(
+            outbox_depth(site, d) == 0 for d in site.device_ids
+        )
+
+    return check
+
+
+def test_three_devices_600_scans_stored_once(
+    make_site: SiteMaker,
+    people_frames: Frames,
+    broker_for: Callable[[Site], Mosquitto],
+    services: StartService,
+) -> None:
+    _, frames = people_frames
+    site = make_site([frames, frames, frames])
+    broker_for(site)
+    services("gateway", site.gateway_config)
+    for device_id in site.device_ids:
+        services("device", site.device_config(device_id))
+
+    wait_until(all_delivered(site, 200), "600 check-ins stored and outboxes empty")
+
+    totals = census(site)
+    assert totals["scanned"] == 600
+    assert totals["stored"] == 600
+    assert totals["pending"] == totals["lost"] == totals["duplicates"] == 0
+    per_device = db_rows(
+        site, "SELECT device_id, count(*), min(seq), max(seq) FROM checkins GROUP BY device_id"
+    )
+    assert sorted(per_device) == [(d, 200, 1, 200) for d in site.device_ids]
+    wait_until(lambda: acked_marks(site) == dict.fromkeys(site.device_ids, 200), "acks up to 200")
+
+
+def test_gateway_killed_mid_stream_loses_and_doubles_nothing(
+    make_site: SiteMaker,
+    people_frames: Frames,
+    broker_for: Callable[[Site], Mosquitto],
+    services: StartService,
+) -> None:
+    _, frames = people_frames
+    # Paced so the stream is still flowing when the gateway dies.
+    site = make_site([frames, frames, frames], interval_s=0.01, ack_timeout_s=1.0)
+    broker_for(site)
+    gateway = services("gateway", site.gateway_config)
+    for device_id in site.device_ids:
+        services("device", site.device_config(device_id))
+
+    wait_until(lambda: stored_count(site) >= 100, "the first 100 check-ins")
+    gateway.kill()
+    at_kill = stored_count(site)
+    assert at_kill < 600, "the stream ended before the kill; the test proves nothing"
+    services("gateway", site.gateway_config)
+
+    wait_until(all_delivered(site, 200), "600 check-ins after the restart")
+    totals = census(site)
+    assert (totals["scanned"], totals["stored"], totals["lost"], totals["duplicates"]) == (
+        600,
+        600,
+        0,
+        0,
+    )
+    distinct = db_rows(site, "SELECT count(DISTINCT device_id || ':' || seq) FROM checkins")
+    assert distinct == [(600,)]
+
+
+def run_device_in_thread(
+    device: GateDevice, stop: threading.Event
+) -> tuple[threading.Thread, list[Exception]]:
+    errors: list[Exception] = []
+
+    async def main() -> None:
+        stop_event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        threading.Thread(
+            target=lambda: (stop.wait(), loop.call_soon_threadsafe(stop_event.set)), daemon=True
+        ).start()
+        await device.run(stop_event, drain_s=0)
+
+    def target() -> None:
+        try:
+            asyncio.run(main())
+        except Exception as exc:  # noqa: BLE001 - handed to the test, not lost with the thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def test_device_scans_while_broker_down_and_delivers_later(
+    make_site: SiteMaker,
+    people_frames: Frames,
+    broker_for: Callable[[Site], Mosquitto],
+    services: StartService,
+) -> None:
+    _, frames = people_frames
+    site = make_site([frames[:20]])
+    config = load_config(site.device_config("gate-1"))
+    factory = MockFactory()
+    device = GateDevice(config, pin_factory=factory)
+    stop = threading.Event()
+    thread, errors = run_device_in_thread(device, stop)
+    try:
+        wait_until(
+            lambda: device.scanner is not None and device.scanner.exhausted.is_set(), "scans"
+        )
+        assert device.outbox.depth() == 20
+        assert device.client is not None and not device.client.connected
+        green = factory.pin(config.pins.green_led)
+        wait_until(lambda: any(s.state for s in green.states), "the green LED lit")
+
+        broker_for(site)
+        services("gateway", site.gateway_config)
+        wait_until(lambda: stored_count(site) == 20, "20 check-ins delivered after the broker came")
+        wait_until(lambda: device.outbox.depth() == 0, "the outbox emptied by acks")
+    finally:
+        stop.set()
+        thread.join(15)
+    assert not errors, errors
+    assert census(site)["lost"] == 0
+
+
+def test_device_killed_right_after_scan_delivers_on_restart(
+    make_site: SiteMaker,
+    people_frames: Frames,
+    blank_frames: Path,
+    broker_for: Callable[[Site], Mosquitto],
+    services: StartService,
+) -> None:
+    texts, frames = people_frames
+    site = make_site([frames[:1]])
+    # No broker yet: the check-in can only be in the outbox when the device dies.
+    device = services("device", site.device_config("gate-1"))
+    wait_until(lambda: outbox_depth(site, "gate-1") == 1, "the scan stored in the outbox")
+    device.kill()
+    assert outbox_depth(site, "gate-1") == 1
+
+    # After the restart the camera sees nobody: only the old check-in can arrive.
+    config_path = site.device_config("gate-1")
+    config_path.write_text(config_path.read_text().replace(str(frames[0]), str(blank_frames)))
+    broker_for(site)
+    services("gateway", site.gateway_config)
+    services("device", config_path)
+
+    wait_until(lambda: stored_count(site) == 1 and outbox_depth(site, "gate-1") == 0, "delivery")
+    db = sqlite3.connect(site.database)
+    (personal,) = db.execute("SELECT personal FROM checkins WHERE seq = 1").fetchone()
+    assert texts[0].split("|")[0] in personal
