@@ -29,6 +29,10 @@ def acked_marks(site: Site) -> dict[str, int]:
     return {str(d): int(u) for d, u in rows}  # type: ignore[call-overload]
 
 
+def device_status(site: Site) -> dict[str, str]:
+    return {str(d): str(s) for d, s in db_rows(site, "SELECT device_id, status FROM devices")}
+
+
 def all_delivered(site: Site, per_device: int) -> Callable[[], bool]:
     def check() -> bool:
         return stored_count(site) == per_device * len(site.device_ids) and all(
@@ -48,8 +52,7 @@ def test_three_devices_600_scans_stored_once(
     site = make_site([frames, frames, frames])
     broker_for(site)
     services("gateway", site.gateway_config)
-    for device_id in site.device_ids:
-        services("device", site.device_config(device_id))
+    devices = [services("device", site.device_config(d)) for d in site.device_ids]
 
     wait_until(all_delivered(site, 200), "600 check-ins stored and outboxes empty")
 
@@ -62,6 +65,12 @@ def test_three_devices_600_scans_stored_once(
     )
     assert sorted(per_device) == [(d, 200, 1, 200) for d in site.device_ids]
     wait_until(lambda: acked_marks(site) == dict.fromkeys(site.device_ids, 200), "acks up to 200")
+    wait_until(lambda: device_status(site) == dict.fromkeys(site.device_ids, "online"), "online")
+    for device in devices:
+        assert device.stop() == 0
+    wait_until(lambda: device_status(site) == dict.fromkeys(site.device_ids, "offline"), "offline")
+    last_seen = db_rows(site, "SELECT count(*) FROM devices WHERE last_seen IS NOT NULL")
+    assert last_seen == [(3,)]
 
 
 def test_gateway_killed_mid_stream_loses_and_doubles_nothing(
