@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 def make_pin_factory(config: DeviceConfig) -> Any:
     """The gpiozero pin factory named by the config (None: gpiozero picks the Pi's own)."""
-    if config.pins.factory == "mock":
+    if config.signals.factory == "mock":
         from gpiozero.pins.mock import MockFactory
 
         return MockFactory()
@@ -48,7 +48,7 @@ class GateDevice:
         self.outbox = Outbox(config.outbox_path)
         if pin_factory is None:
             pin_factory = make_pin_factory(config)
-        self.signals = Signals(config.pins, pin_factory=pin_factory)
+        self.signals = Signals(config.signals, pin_factory=pin_factory)
         self._frame_source = frame_source or make_frame_source(config.frame_source)
         self._decoder = decoder or make_decoder(config.decoder)
         self._key = config.subject_key()
@@ -106,7 +106,7 @@ class GateDevice:
         decider = Decider(
             key=self._key,
             direction=self.config.direction,
-            debounce_s=self.config.debounce_s,
+            debounce_s=self.config.policy.debounce_s,
             monotonic=time.monotonic,
             wall_clock=lambda: datetime.now(UTC),
         )

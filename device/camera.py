@@ -11,7 +11,7 @@ from typing import Protocol, Self
 
 from PIL import Image
 
-from device.config import FileSourceConfig, Picamera2SourceConfig
+from broker.settings import FileSourceConfig, Picamera2SourceConfig
 from device.decoder import GrayFrame, to_gray
 from device.errors import FrameSourceError
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from broker.settings import Picamera2SourceConfig
 from device.camera import ClosableSource
-from device.config import Picamera2SourceConfig
 from device.decoder import GrayFrame
 from device.errors import FrameSourceError
 

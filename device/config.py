@@ -1,82 +1,25 @@
-"""The device configuration: one validated model for the local file and for pushed config."""
+"""The device configuration: the local file is the pushable settings plus identity and paths.
+
+A config pushed by the gateway is validated by building this same model from
+the local identity and the pushed settings (:func:`apply_settings`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from broker.messages import DeviceId
 from broker.secrets import read_password
+from broker.settings import DeviceSettings, FileSourceConfig
 from device.errors import ConfigError
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FileSourceConfig(_Model):
-    """Frames read from image files: for simulation, tests and benchmarks."""
-
-    type: Literal["file"] = "file"
-    paths: list[Path] = Field(
-        min_length=1,
-        description="Image files, or directories whose images are read in name order.",
-    )
-    loop: bool = Field(False, description="Start again after the last image.")
-    shuffle_seed: int | None = Field(
-        None,
-        description="Shuffle the images with this seed (each pass anew) instead of name order.",
-    )
-    interval_s: float = Field(
-        0.0, ge=0, le=60, description="Seconds between frames; 0 reads as fast as decoding allows."
-    )
-
-
-class Picamera2SourceConfig(_Model):
-    """A Raspberry Pi camera through picamera2; grayscale from the Y plane of a YUV stream."""
-
-    type: Literal["picamera2"] = "picamera2"
-    width: int = Field(640, ge=160, le=4056)
-    height: int = Field(480, ge=120, le=3040)
-    camera_index: int = Field(0, ge=0, le=7)
-
-
-FrameSourceConfig = Annotated[FileSourceConfig | Picamera2SourceConfig, Field(discriminator="type")]
-
-
-class DecoderConfig(_Model):
-    """Which QR decoder backend reads the frames."""
-
-    type: Literal["zxing", "zbar"] = Field("zxing", description="zxing-cpp (default) or pyzbar.")
-    try_invert: bool = Field(
-        False, description="Also look for light-on-dark codes (costs a second pass per frame)."
-    )
-
-
-class PinsConfig(_Model):
-    """GPIO pins (BCM numbering) of the gate's signals."""
-
-    factory: Literal["auto", "mock"] = Field(
-        "auto",
-        description="'auto': gpiozero's default (real pins on a Pi); 'mock': gpiozero's "
-        "MockFactory, for simulated gates and tests off the Pi.",
-    )
-    green_led: int = Field(17, ge=0, le=27)
-    red_led: int = Field(27, ge=0, le=27)
-    buzzer: int = Field(22, ge=0, le=27)
-
-    @model_validator(mode="after")
-    def _distinct(self) -> PinsConfig:
-        pins = [self.green_led, self.red_led, self.buzzer]
-        if len(set(pins)) != len(pins):
-            raise ValueError(f"signal pins must be distinct, got {pins}")
-        return self
-
-
-class BrokerConfig(_Model):
+class BrokerConfig(BaseModel):
     """Where the site broker is and how this device logs in."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
@@ -92,25 +35,20 @@ class BrokerConfig(_Model):
         return read_password(self.password_file)
 
 
-class DeviceConfig(_Model):
-    """Everything a gate device needs to run; the local file and pushed config share it."""
+class DeviceConfig(DeviceSettings):
+    """Everything a gate device needs to run: identity, broker, files, and its settings."""
 
     device_id: DeviceId
     site_id: DeviceId
-    direction: Literal["in", "out"] = "in"
     broker: BrokerConfig
-    frame_source: FrameSourceConfig
-    decoder: DecoderConfig = DecoderConfig()
-    pins: PinsConfig = PinsConfig()
     outbox_path: Path = Field(description="SQLite file of the durable outbox.")
     subject_key_file: Path = Field(
         description="File holding the province-wide key of the pseudonymous subject hash."
     )
-    debounce_s: float = Field(3.0, ge=0, le=600, description="Same code within this is one scan.")
-    ack_timeout_s: float = Field(
-        10.0, gt=0, le=3600, description="Resend unacked check-ins after this long without an ack."
+    state_dir: Path | None = Field(
+        None,
+        description="Where pushed config and device state are kept (default: outbox's folder).",
     )
-    max_batch: int = Field(100, ge=1, le=200, description="Check-ins per message when catching up.")
 
     @model_validator(mode="after")
     def _username_is_device(self) -> DeviceConfig:
@@ -121,6 +59,15 @@ class DeviceConfig(_Model):
             )
         return self
 
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir or self.outbox_path.parent
+
+    def settings(self) -> DeviceSettings:
+        """The pushable part of this config."""
+        fields = set(DeviceSettings.model_fields)
+        return DeviceSettings.model_validate(self.model_dump(include=fields))
+
     def subject_key(self) -> bytes:
         """Read the subject-hash key; it is a secret and is never logged."""
         try:
@@ -130,6 +77,15 @@ class DeviceConfig(_Model):
         if len(key) < 16:
             raise ConfigError(f"subject key in {self.subject_key_file} is shorter than 16 bytes")
         return key
+
+
+def apply_settings(base: DeviceConfig, settings: DeviceSettings) -> DeviceConfig:
+    """``base`` with its settings replaced, validated by the full model; raises ConfigError."""
+    local = base.model_dump(exclude=set(DeviceSettings.model_fields))
+    try:
+        return DeviceConfig.model_validate({**local, **settings.model_dump()})
+    except ValidationError as exc:
+        raise ConfigError(f"settings do not fit this device: {exc}") from None
 
 
 def load_config(path: Path) -> DeviceConfig:
@@ -155,11 +111,12 @@ def _resolve_paths(config: DeviceConfig, base: Path) -> DeviceConfig:
     source = config.frame_source
     if isinstance(source, FileSourceConfig):
         source = source.model_copy(update={"paths": [fix(p) for p in source.paths]})
-    return config.model_copy(
-        update={
-            "broker": broker,
-            "frame_source": source,
-            "outbox_path": fix(config.outbox_path),
-            "subject_key_file": fix(config.subject_key_file),
-        }
-    )
+    update: dict[str, object] = {
+        "broker": broker,
+        "frame_source": source,
+        "outbox_path": fix(config.outbox_path),
+        "subject_key_file": fix(config.subject_key_file),
+    }
+    if config.state_dir is not None:
+        update["state_dir"] = fix(config.state_dir)
+    return config.model_copy(update=update)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
 from broker.messages import CheckIn, PersonalFields
-from device.credentials import Verdict, recognize
+from device.credentials import CccdReader, CredentialReader, Verdict, recognize
 
 
 def subject_key(key: bytes, kind: str, id_number: str) -> str:
@@ -83,7 +83,9 @@ class Decider:
         debounce_s: float,
         monotonic: Callable[[], float],
         wall_clock: Callable[[], datetime],
+        readers: Sequence[CredentialReader] = (CccdReader(),),
     ) -> None:
+        self._readers = list(readers)
         self._key = key
         self._direction = direction
         self._debounce_s = debounce_s
@@ -101,8 +103,7 @@ class Decider:
         if len(self._last_seen) > 256:
             self._forget_older_than(now - self._debounce_s)
         scanned_at = self._wall_clock()
-        # Card dates are local dates: judge them by the device's own time zone.
-        verdict = recognize(text, today=scanned_at.astimezone().date())
+        verdict = recognize(text, now=scanned_at, readers=self._readers)
         subject = None
         if verdict.id_number:
             subject = subject_key(self._key, verdict.kind, verdict.id_number)

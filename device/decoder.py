@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from device.config import DecoderConfig
+from broker.settings import DecoderConfig
 from device.errors import DecoderError
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 
 from pyzbar import wrapper
 
-from device.config import DecoderConfig
+from broker.settings import DecoderConfig
 from device.decoder import GrayFrame, check_gray
 from device.errors import DecoderError
 

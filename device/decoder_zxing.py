@@ -7,7 +7,7 @@ from typing import Any
 
 import zxingcpp
 
-from device.config import DecoderConfig
+from broker.settings import DecoderConfig
 from device.decoder import GrayFrame, check_gray
 
 logger = logging.getLogger(__name__)

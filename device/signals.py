@@ -9,7 +9,7 @@ from types import TracebackType
 
 import gpiozero
 
-from device.config import PinsConfig
+from broker.settings import SignalsConfig as PinsConfig
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from datetime import date
 from pathlib import Path
 
 from broker.launcher import Mosquitto, free_port
-from device.config import FileSourceConfig
+from broker.settings import FileSourceConfig
 from provisioning.census import Census, take_census
 from provisioning.people import NOT_CREDENTIALS, synthetic_people, write_frames
 from provisioning.site import DeviceSpec, Site, create_site

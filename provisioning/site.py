@@ -22,14 +22,14 @@ from pydantic import BaseModel
 
 from broker.mosquitto import BrokerLayout, write_broker_config
 from broker.passwords import new_password, write_private_file
-from broker.topics import check_device_id
-from device.config import (
-    BrokerConfig,
-    DeviceConfig,
+from broker.settings import (
     FileSourceConfig,
     Picamera2SourceConfig,
-    PinsConfig,
+    PolicyConfig,
+    SignalsConfig,
 )
+from broker.topics import check_device_id
+from device.config import BrokerConfig, DeviceConfig
 from gateway.config import DeviceEntry, GatewayBrokerConfig, GatewayConfig
 from provisioning.errors import SiteExists
 
@@ -160,10 +160,10 @@ def _write_device(
             password_file=Path("../../secrets") / f"{spec.device_id}.password",
         ),
         frame_source=spec.frame_source,
-        pins=PinsConfig(factory=spec.pin_factory),
+        signals=SignalsConfig(factory=spec.pin_factory),
+        policy=PolicyConfig(debounce_s=spec.debounce_s),
         outbox_path=Path("outbox.db"),
         subject_key_file=Path("../../secrets/subject.key"),
-        debounce_s=spec.debounce_s,
         ack_timeout_s=spec.ack_timeout_s,
     )
     _write_model(directory / "devices" / spec.device_id / "device.json", config)

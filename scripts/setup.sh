@@ -28,6 +28,6 @@ stamp="$VENV/.qrgate-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing qrgate and its dependencies into $VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+    "$VENV/bin/python" -m pip install -q -e '.[dev,webcam]' --config-settings editable_mode=compat
     touch "$stamp"
 fi

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from broker.launcher import Mosquitto, free_port
-from device.config import FileSourceConfig
+from broker.settings import FileSourceConfig
 from provisioning.people import synthetic_people, write_frames
 from provisioning.site import DeviceSpec, Site, create_site
 

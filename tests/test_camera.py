@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from broker.settings import FileSourceConfig, Picamera2SourceConfig
 from device.camera import FileFrameSource, make_frame_source
-from device.config import FileSourceConfig, Picamera2SourceConfig
 from device.decoder import GrayFrame
 from device.errors import FrameSourceError
 

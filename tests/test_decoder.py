@@ -16,8 +16,8 @@ import segno
 from PIL import Image
 from pyzbar import wrapper as zbar_wrapper
 
+from broker.settings import DecoderConfig
 from device import decoder_zbar
-from device.config import DecoderConfig
 from device.decoder import Decoder, GrayFrame, make_decoder, to_gray
 from device.decoder_zbar import ZbarDecoder, payload_text
 from device.errors import DecoderError
@@ -300,7 +300,7 @@ def test_make_decoder_names_the_backend() -> None:
 def test_backend_library_is_imported_only_when_chosen(backend: str, other: str) -> None:
     script = (
         "import sys\n"
-        "from device.config import DecoderConfig\n"
+        "from broker.settings import DecoderConfig\n"
         "from device.decoder import make_decoder\n"
         "assert 'zxingcpp' not in sys.modules and 'pyzbar' not in sys.modules\n"
         f"make_decoder(DecoderConfig(type={backend!r}))\n"

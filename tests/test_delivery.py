@@ -148,7 +148,7 @@ def test_device_scans_while_broker_down_and_delivers_later(
         )
         assert device.outbox.depth() == 20
         assert device.client is not None and not device.client.connected
-        green = factory.pin(config.pins.green_led)
+        green = factory.pin(config.signals.green_led)
         wait_until(lambda: any(s.state for s in green.states), "the green LED lit")
 
         broker_for(site)

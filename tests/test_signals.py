@@ -10,7 +10,7 @@ import pytest
 from gpiozero.exc import GPIOPinInUse
 from gpiozero.pins.mock import MockFactory
 
-from device.config import PinsConfig
+from broker.settings import SignalsConfig as PinsConfig
 from device.signals import Signals
 
 # Not the defaults, so the tests show the configured pins are the ones driven.
