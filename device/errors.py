@@ -62,3 +62,7 @@ class InvalidCredential(CredentialError):
         self.id_number = id_number
         self.name = name
         self.date_of_birth = date_of_birth
+
+
+class BadgeKeyError(ConfigError):
+    """A configured badge issuer key is not an Ed25519 public key."""
