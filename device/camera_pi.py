@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any
 
@@ -29,10 +28,8 @@ class Picamera2FrameSource(ClosableSource):
 
     def __init__(self, config: Picamera2SourceConfig) -> None:
         try:
+            from libcamera import controls
             from picamera2 import Picamera2
-
-            # Via importlib: libcamera is untyped and not in mypy's ignore list in pyproject.
-            controls = importlib.import_module("libcamera").controls
         except ImportError as exc:
             raise FrameSourceError(f"picamera2 is not available ({exc}); {INSTALL_HINT}") from exc
         self._camera: Any = None
@@ -71,14 +68,26 @@ class Picamera2FrameSource(ClosableSource):
 
 
 def _configure(camera: Any, config: Picamera2SourceConfig, controls: Any) -> tuple[int, int]:
-    settings: dict[str, Any] = {}
-    if "AfMode" in camera.camera_controls:
-        # Credentials are held at varying distances; fixed focus blurs the near ones.
-        settings["AfMode"] = controls.AfModeEnum.Continuous
     video = camera.create_video_configuration(
-        main={"size": (config.width, config.height), "format": "YUV420"}, controls=settings
+        main={"size": (config.width, config.height), "format": "YUV420"},
+        controls=_controls(camera, config, controls),
     )
     camera.configure(video)
     # libcamera may adjust the size it was asked for; slice frames by what it granted.
     width, height = camera.stream_configuration("main")["size"]
     return int(width), int(height)
+
+
+def _controls(camera: Any, config: Picamera2SourceConfig, controls: Any) -> dict[str, Any]:
+    """The libcamera controls the config asks for, of those this camera has."""
+    available = camera.camera_controls
+    settings: dict[str, Any] = {}
+    if config.autofocus and "AfMode" in available:
+        # Credentials are held at varying distances; fixed focus blurs the near ones.
+        settings["AfMode"] = controls.AfModeEnum.Continuous
+    if config.exposure_value != 0:
+        if "ExposureValue" in available:
+            settings["ExposureValue"] = config.exposure_value
+        else:
+            logger.warning("camera has no ExposureValue control; exposure_value ignored")
+    return settings
