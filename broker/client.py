@@ -92,6 +92,7 @@ class BusClient:
         self.connected = False
         self.refusals = 0
         self._connected_event = asyncio.Event()
+        self._confirmations: dict[int, asyncio.Future[None]] = {}
         self._client = self._make_client(will)
 
     def _make_client(self, will: Will | None) -> mqtt.Client:
@@ -148,6 +149,21 @@ class BusClient:
             raise PublishRefused(f"publish to {topic} refused: {mqtt.error_string(info.rc)}")
         return int(info.mid)
 
+    async def publish_confirmed(
+        self, topic: str, payload: bytes, *, retain: bool = False, timeout: float = 10.0
+    ) -> None:
+        """Publish at QoS 1 and wait for the broker's PUBACK; a refusal raises PublishRefused."""
+        mid = self.publish(topic, payload, qos=1, retain=retain)
+        # Registered before any await: the PUBACK is handled on this loop, after this line.
+        waiter = self._loop.create_future()
+        self._confirmations[mid] = waiter
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise PublishRefused(f"no PUBACK for {topic} within {timeout:.0f} s") from None
+        finally:
+            self._confirmations.pop(mid, None)
+
     # -- paho thread side: hand everything to the loop ----------------------
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
@@ -166,8 +182,7 @@ class BusClient:
         self._call(self._handle_message, msg.topic, bytes(msg.payload))
 
     def _paho_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
-        if rc.is_failure:
-            self._call(self._handle_publish_refused, mid, str(rc))
+        self._call(self._handle_published, mid, rc.is_failure, str(rc))
 
     def _paho_subscribe(
         self, _c: mqtt.Client, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any
@@ -215,8 +230,15 @@ class BusClient:
         if self._on_message is not None:
             self._on_message(topic, payload)
 
-    def _handle_publish_refused(self, mid: int, reason: str) -> None:
-        logger.error("%s: broker refused message %d: %s", self.settings.client_id, mid, reason)
+    def _handle_published(self, mid: int, failed: bool, reason: str) -> None:
+        waiter = self._confirmations.pop(mid, None)
+        if failed:
+            logger.error("%s: broker refused message %d: %s", self.settings.client_id, mid, reason)
+        if waiter is not None and not waiter.done():
+            if failed:
+                waiter.set_exception(PublishRefused(f"broker refused the message: {reason}"))
+            else:
+                waiter.set_result(None)
 
     def _handle_subscribed(self, mid: int, failures: list[str]) -> None:
         if failures:

@@ -22,10 +22,13 @@ from pydantic import (
 )
 
 from broker.errors import MalformedJSON, PayloadTooLarge, SchemaViolation
+from broker.settings import ConfigPush
 from broker.topics import DEVICE_ID_PATTERN
 
 SCHEMA_VERSION: Literal[1] = 1
 MAX_PAYLOAD_BYTES = 64 * 1024
+# A pushed config may carry a trust list of signing certificates.
+MAX_CONFIG_BYTES = 512 * 1024
 MAX_RECORDS_PER_BATCH = 200
 
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
@@ -63,6 +66,10 @@ class CheckIn(_Model):
     warnings: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
         default_factory=list, max_length=8
     )
+    clock_synced: bool = Field(
+        True, description="False when the device clock was not NTP-synchronised at the scan."
+    )
+    credential_id: Annotated[str, StringConstraints(max_length=64)] = ""
 
 
 class CheckInBatch(_Model):
@@ -87,29 +94,53 @@ class Ack(_Model):
     upto: int = Field(ge=0)
 
 
+class Health(_Model):
+    """A device's periodic health report."""
+
+    uptime_s: float = Field(ge=0)
+    scans: int = Field(ge=0)
+    accepted: int = Field(ge=0)
+    rejected: int = Field(ge=0)
+    outbox_depth: int = Field(ge=0)
+    oldest_pending_s: float | None = Field(None, ge=0)
+    median_decode_ms: float = Field(ge=0)
+    camera_fps: float = Field(ge=0)
+    frames_dropped: int = Field(0, ge=0)
+    cpu_temp_c: float | None = None
+    clock_synced: bool
+    direction: Literal["in", "out"]
+
+
 class DeviceState(_Model):
-    """Retained device state; the broker publishes the ``offline`` last will for us."""
+    """Retained device state; the broker publishes the ``offline`` last will for us.
+
+    ``config_version`` is the version of the pushed config in force (0: only
+    the local file); ``config_error`` says why the last push was refused.
+    """
 
     v: Literal[1] = SCHEMA_VERSION
     status: Literal["online", "offline"]
     at: AwareDatetime | None = None
     firmware: Annotated[str, StringConstraints(max_length=32)] = ""
+    config_version: int = Field(0, ge=0)
+    config_error: Annotated[str, StringConstraints(max_length=1000)] = ""
+    health: Health | None = None
 
 
-M = TypeVar("M", bound=_Model)
+M = TypeVar("M", bound=BaseModel)
 
 
-def encode(message: BaseModel) -> bytes:
+def encode(message: BaseModel, *, cap: int = MAX_PAYLOAD_BYTES) -> bytes:
     """Serialise a message; raises :class:`PayloadTooLarge` if it is over the cap."""
     payload = message.model_dump_json(exclude_none=True).encode()
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise PayloadTooLarge(f"{len(payload)} bytes is over the {MAX_PAYLOAD_BYTES} byte cap")
+    if len(payload) > cap:
+        raise PayloadTooLarge(f"{len(payload)} bytes is over the {cap} byte cap")
     return payload
 
 
-def _decode(model: type[M], payload: bytes) -> M:
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise PayloadTooLarge(f"{len(payload)} bytes is over the {MAX_PAYLOAD_BYTES} byte cap")
+def _decode(model: type[M], payload: bytes, *, cap: int = MAX_PAYLOAD_BYTES) -> M:
+    if len(payload) > cap:
+        raise PayloadTooLarge(f"{len(payload)} bytes is over the {cap} byte cap")
     try:
         data = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -137,6 +168,16 @@ def decode_ack(payload: bytes) -> Ack:
 def decode_state(payload: bytes) -> DeviceState:
     """Decode a device state message."""
     return _decode(DeviceState, payload)
+
+
+def decode_config_push(payload: bytes) -> ConfigPush:
+    """Decode a config pushed by the gateway (validated by the device settings model)."""
+    return _decode(ConfigPush, payload, cap=MAX_CONFIG_BYTES)
+
+
+def encode_config_push(push: ConfigPush) -> bytes:
+    """Serialise a config push, under its own larger cap."""
+    return encode(push, cap=MAX_CONFIG_BYTES)
 
 
 def utc_iso(moment: datetime) -> str:

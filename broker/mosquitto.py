@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.errors import BrokerConfigError
+from broker.messages import MAX_CONFIG_BYTES
 from broker.passwords import write_password_file, write_private_file
 from broker.topics import DEVICE_ID_PATTERN, Channel, acl_pattern, all_devices
 
@@ -37,7 +38,8 @@ logger = logging.getLogger(__name__)
 _USER_RE = re.compile(DEVICE_ID_PATTERN)
 _UNSAFE_IN_CONF = re.compile(r"[\x00-\x1f\x7f]")
 
-DEFAULT_MAX_PACKET_SIZE = 256 * 1024
+# Room for the largest message of the contract (a pushed config) plus headers.
+DEFAULT_MAX_PACKET_SIZE = MAX_CONFIG_BYTES + 64 * 1024
 # A device back online after a long outage flushes its whole outbox, and while
 # the gateway is down the broker queues every QoS 1 check-in for the gateway's
 # persistent session. The default of 1000 queued messages would silently drop

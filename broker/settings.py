@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 SubjectKeyText = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32,64}$")]
 CredentialKind = Literal["cccd", "badge", "dcc"]
+ALL_KINDS: tuple[CredentialKind, ...] = ("cccd", "badge", "dcc")
 Pin = Annotated[int, Field(ge=0, le=27, description="BCM GPIO number")]
 
 
@@ -117,7 +118,7 @@ class PolicyConfig(_Model):
     """Who may pass this gate."""
 
     accept_kinds: list[CredentialKind] = Field(
-        default_factory=lambda: ["cccd", "badge", "dcc"],
+        default_factory=lambda: list(ALL_KINDS),
         min_length=1,
         description="Credential kinds accepted here; a factory may accept only its badges.",
     )
@@ -145,6 +146,14 @@ class PolicyConfig(_Model):
         "same person was shown within health_pass_window_s.",
     )
     health_pass_window_s: float = Field(120, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _health_pass_needs_dcc(self) -> PolicyConfig:
+        if self.require_health_pass and "dcc" not in self.accept_kinds:
+            raise ValueError(
+                "require_health_pass needs 'dcc' in accept_kinds: no health pass could be shown"
+            )
+        return self
 
 
 class CredentialsConfig(_Model):

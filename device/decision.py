@@ -7,7 +7,7 @@ import hmac
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 from broker.messages import CheckIn, PersonalFields
 from device.credentials import CccdReader, CredentialReader, Verdict, recognize
@@ -27,23 +27,54 @@ def initials(name: str) -> str:
     return " ".join([p[0] + "." for p in parts[:-1]] + [parts[-1]])
 
 
+class Judge(Protocol):
+    """Turns a credential verdict into the gate's answer (``device.policy.Policy``)."""
+
+    def judge(self, verdict: Verdict, subject: str | None, *, now: datetime) -> Judgement: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """The gate's answer to one scan."""
+
+    accepted: bool
+    reason: str
+    direction: Literal["in", "out"]
+    warnings: tuple[str, ...] = ()
+
+
+class PassThrough:
+    """The credential's own verdict is the answer (a gate with no policy)."""
+
+    def __init__(self, direction: Literal["in", "out"]) -> None:
+        self.direction = direction
+
+    def judge(self, verdict: Verdict, subject: str | None, *, now: datetime) -> Judgement:
+        return Judgement(verdict.accepted, verdict.reason, self.direction, verdict.warnings)
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """One scan event after debouncing: the verdict and when and where it happened."""
+    """One scan event after debouncing: what was read, the answer, when, and clock quality."""
 
     text: str
     verdict: Verdict
     subject: str | None
     scanned_at: datetime
-    direction: Literal["in", "out"]
+    judgement: Judgement
+    clock_synced: bool = True
 
     @property
     def accepted(self) -> bool:
-        return self.verdict.accepted
+        return self.judgement.accepted
+
+    @property
+    def direction(self) -> Literal["in", "out"]:
+        return self.judgement.direction
 
     def checkin(self, seq: int) -> CheckIn:
         """The check-in record of this decision under sequence number ``seq``."""
-        v = self.verdict
+        v, j = self.verdict, self.judgement
         personal = None
         if v.id_number:
             personal = PersonalFields(
@@ -55,21 +86,23 @@ class Decision:
         return CheckIn(
             seq=seq,
             scanned_at=self.scanned_at,
-            direction=self.direction,
+            direction=j.direction,
             kind=v.kind,
-            accepted=v.accepted,
-            reason=v.reason,
+            accepted=j.accepted,
+            reason=j.reason,
             subject=self.subject,
             personal=personal,
-            warnings=list(v.warnings),
+            warnings=list(j.warnings),
+            clock_synced=self.clock_synced,
+            credential_id=v.credential_id,
         )
 
     def describe(self) -> str:
         """A terminal line that shows no full name or ID number."""
-        v = self.verdict
-        word = "ACCEPT" if v.accepted else "REJECT"
+        v, j = self.verdict, self.judgement
+        word = "ACCEPT" if j.accepted else "REJECT"
         who = initials(v.name) if v.name else "-"
-        return f"{word} {v.kind:<12} {v.reason:<24} {who}"
+        return f"{word} {j.direction:<3} {v.kind:<12} {j.reason:<24} {who}"
 
 
 class Decider:
@@ -79,15 +112,18 @@ class Decider:
         self,
         *,
         key: bytes,
-        direction: Literal["in", "out"],
         debounce_s: float,
         monotonic: Callable[[], float],
         wall_clock: Callable[[], datetime],
         readers: Sequence[CredentialReader] = (CccdReader(),),
+        judge: Judge | None = None,
+        direction: Literal["in", "out"] = "in",
+        clock_synced: Callable[[], bool] = lambda: True,
     ) -> None:
         self._readers = list(readers)
+        self._judge: Judge = judge or PassThrough(direction)
+        self._clock_synced = clock_synced
         self._key = key
-        self._direction = direction
         self._debounce_s = debounce_s
         self._monotonic = monotonic
         self._wall_clock = wall_clock
@@ -107,7 +143,8 @@ class Decider:
         subject = None
         if verdict.id_number:
             subject = subject_key(self._key, verdict.kind, verdict.id_number)
-        return Decision(text, verdict, subject, scanned_at, self._direction)
+        judgement = self._judge.judge(verdict, subject, now=scanned_at)
+        return Decision(text, verdict, subject, scanned_at, judgement, self._clock_synced())
 
     def _forget_older_than(self, cutoff: float) -> None:
         self._last_seen = {t: s for t, s in self._last_seen.items() if s >= cutoff}

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ScanStats:
-    """Counters since start; read from other threads, so only ever replaced whole."""
+    """Counters since the device started; they outlive any one scanner (config changes)."""
 
     frames: int = 0
     scans: int = 0
@@ -51,6 +51,7 @@ class Scanner:
         signals: Signals,
         outbox: Outbox,
         on_stored: Callable[[CheckIn, Decision], None],
+        stats: ScanStats | None = None,
     ) -> None:
         self._source = frame_source
         self._decoder = decoder
@@ -60,11 +61,15 @@ class Scanner:
         self._on_stored = on_stored
         self._stop = threading.Event()
         self.exhausted = threading.Event()
-        self.stats = ScanStats()
+        self.stats = stats or ScanStats()
         self._thread = threading.Thread(target=self._run, name="qrgate-scanner", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    def healthy(self) -> bool:
+        """The loop is running, or ended only because a file source ran out."""
+        return self._thread.is_alive() or self.exhausted.is_set()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the loop to end after the current frame and wait for it."""

@@ -47,6 +47,11 @@ class Uplink:
         self.acked_upto = 0
         self._last_progress = time.monotonic()
 
+    def configure(self, *, max_batch: int, ack_timeout_s: float) -> None:
+        """Take new batching and resend settings from a pushed config."""
+        self._max_batch = max_batch
+        self._ack_timeout_s = ack_timeout_s
+
     def wake(self) -> None:
         """Something new is in the outbox, or the link changed: look again soon."""
         self._wake.set()

@@ -1,4 +1,8 @@
-"""Command line of the gateway: ``python -m gateway run --config FILE``."""
+"""Command line of the gateway.
+
+python -m gateway run --config FILE
+python -m gateway push-config --config FILE --device ID --settings SETTINGS.json
+"""
 
 from __future__ import annotations
 
@@ -9,25 +13,36 @@ import signal
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from broker.client import BusClient, PublishRefused
 from broker.errors import BrokerError
-from gateway.config import load_config
-from gateway.errors import GatewayError
-from gateway.service import Gateway
+from broker.settings import DeviceSettings
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import ConfigError, GatewayError
+from gateway.fleet import ConfigPublisher
+from gateway.service import Gateway, client_settings
+from gateway.store import SQLiteStore
 
 logger = logging.getLogger("gateway")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="ingest check-ins until stopped")
     run.add_argument("--config", type=Path, required=True, help="gateway config file (JSON)")
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    push = sub.add_parser("push-config", help="validate, store and publish a device's config")
+    push.add_argument("--config", type=Path, required=True, help="gateway config file (JSON)")
+    push.add_argument("--device", required=True, help="device id")
+    push.add_argument("--settings", type=Path, required=True, help="device settings (JSON)")
     return parser
 
 
-async def _run(config_path: Path) -> None:
-    config = load_config(config_path)
+async def _run(config: GatewayConfig) -> None:
     gateway = Gateway(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -37,14 +52,50 @@ async def _run(config_path: Path) -> None:
     await gateway.run(stop)
 
 
+def read_settings(path: Path) -> DeviceSettings:
+    """Device settings from a JSON file, validated by the model the device applies."""
+    try:
+        return DeviceSettings.model_validate_json(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read settings {path}: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"invalid device settings in {path}:\n{exc}") from None
+
+
+async def _push(config: GatewayConfig, device_id: str, settings: DeviceSettings) -> int:
+    store = await SQLiteStore.open(config.database)
+    client = BusClient(
+        client_settings(config, client_id=f"{config.broker.client_id}-admin"),
+        loop=asyncio.get_running_loop(),
+    )
+    try:
+        client.start()
+        try:
+            await client.wait_connected(timeout=15)
+        except TimeoutError:
+            raise GatewayError(
+                f"broker {config.broker.host}:{config.broker.port} not reachable"
+            ) from None
+        return await ConfigPublisher(store, client).push(device_id, settings)
+    finally:
+        client.stop()
+        await store.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
     try:
-        asyncio.run(_run(args.config))
-    except (GatewayError, BrokerError) as exc:
+        config = load_config(args.config)
+        if args.command == "run":
+            asyncio.run(_run(config))
+        elif args.command == "push-config":
+            settings = read_settings(args.settings)
+            version = asyncio.run(_push(config, args.device, settings))
+            print(f"device {args.device}: desired config version {version} published")
+    except (GatewayError, BrokerError, PublishRefused) as exc:
         logger.error("%s", exc)
         return 2
     return 0

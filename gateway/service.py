@@ -9,10 +9,27 @@ from broker.client import BusClient, ClientSettings, PublishRefused
 from broker.messages import Ack, encode
 from broker.topics import Channel, all_devices, device_topic
 from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
+from gateway.fleet import ConfigPublisher
 from gateway.ingest import Ingestor
 from gateway.store import SQLiteStore
 
 logger = logging.getLogger(__name__)
+
+
+def client_settings(config: GatewayConfig, *, client_id: str) -> ClientSettings:
+    """How the gateway (or one of its tools, under another client id) logs in."""
+    b = config.broker
+    return ClientSettings(
+        client_id=client_id,
+        username=b.username,
+        password=b.password(),
+        host=b.host,
+        port=b.port,
+        keepalive_s=b.keepalive_s,
+        session_expiry_s=b.session_expiry_s,
+        max_queued=50_000,
+    )
 
 
 class Gateway:
@@ -23,6 +40,7 @@ class Gateway:
         self.store: SQLiteStore | None = None
         self.ingestor: Ingestor | None = None
         self.client: BusClient | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Open the store, connect, and ingest until ``stop`` is set."""
@@ -44,24 +62,31 @@ class Gateway:
             await self.store.close()
 
     def _make_client(self) -> BusClient:
-        b = self.config.broker
         assert self.ingestor is not None
-        settings = ClientSettings(
-            client_id=b.client_id,
-            username=b.username,
-            password=b.password(),
-            host=b.host,
-            port=b.port,
-            keepalive_s=b.keepalive_s,
-            session_expiry_s=b.session_expiry_s,
-            max_queued=50_000,
-        )
+        settings = client_settings(self.config, client_id=self.config.broker.client_id)
         return BusClient(
             settings,
             loop=asyncio.get_running_loop(),
             subscriptions=[(all_devices(Channel.CHECKIN), 1), (all_devices(Channel.STATE), 1)],
             on_message=self.ingestor.submit,
+            on_connected=self._on_connected,
         )
+
+    def _on_connected(self) -> None:
+        task = asyncio.create_task(self._republish_configs(), name="republish-configs")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _republish_configs(self) -> None:
+        assert self.store is not None and self.client is not None
+        try:
+            count = await ConfigPublisher(self.store, self.client).republish_all()
+        except GatewayError as exc:
+            logger.warning("desired configs not republished: %s", exc)
+        except PublishRefused as exc:
+            logger.warning("desired configs not republished: %s", exc)
+        else:
+            logger.info("republished %d desired configs", count)
 
     def _send_ack(self, device_id: str, stream: str, upto: int) -> None:
         assert self.client is not None

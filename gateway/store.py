@@ -18,6 +18,7 @@ from typing import Protocol
 import aiosqlite
 
 from broker.messages import CheckIn, DeviceState, utc_iso
+from broker.settings import ConfigPush, DeviceSettings
 from gateway.config import DeviceEntry
 from gateway.errors import StoreError
 from gateway.migrations import migrate
@@ -76,6 +77,8 @@ class TracingStore(Protocol):
     async def devices(self) -> dict[str, DeviceEntry]: ...
     async def stream_marks(self) -> dict[StreamKey, tuple[int, set[int]]]: ...
     async def write(self, batch: WriteBatch) -> int: ...
+    async def add_desired_config(self, device_id: str, settings: DeviceSettings) -> int: ...
+    async def desired_configs(self) -> dict[str, ConfigPush]: ...
     async def close(self) -> None: ...
 
 
@@ -154,8 +157,8 @@ class SQLiteStore:
     async def _insert_checkins(self, arrivals: list[Arrival]) -> None:
         await self._db.executemany(
             "INSERT OR IGNORE INTO checkins (device_id, stream, seq, site_id, scanned_at, "
-            "received_at, direction, kind, accepted, reason, subject, personal, warnings) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "received_at, direction, kind, accepted, reason, subject, personal, warnings, "
+            "clock_synced, credential_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [_checkin_row(a) for a in arrivals],
         )
 
@@ -171,19 +174,47 @@ class SQLiteStore:
     async def _write_states(self, states: list[StateChange]) -> None:
         await self._db.executemany(
             "UPDATE devices SET status=?, status_at=?, last_seen=?, "
-            "firmware=CASE WHEN ?='' THEN firmware ELSE ? END WHERE device_id=?",
-            [
-                (
-                    s.state.status,
-                    utc_iso(s.state.at) if s.state.at else s.received_at,
-                    s.received_at,
-                    s.state.firmware,
-                    s.state.firmware,
-                    s.device_id,
-                )
-                for s in states
-            ],
+            "firmware=CASE WHEN ?='' THEN firmware ELSE ? END, "
+            "config_version=?, config_error=?, "
+            "health=coalesce(?, health), health_at=CASE WHEN ? IS NULL THEN health_at ELSE ? END "
+            "WHERE device_id=?",
+            [_state_row(s) for s in states],
         )
+
+    async def add_desired_config(self, device_id: str, settings: DeviceSettings) -> int:
+        """Store a new desired config for a device; returns its version (1, 2, ...)."""
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            async with self._db.execute(
+                "SELECT coalesce(max(version), 0) + 1 FROM desired_configs WHERE device_id=?",
+                (device_id,),
+            ) as cur:
+                row = await cur.fetchone()
+            version = int(row[0]) if row else 1
+            await self._db.execute(
+                "INSERT INTO desired_configs VALUES (?, ?, ?, ?)",
+                (device_id, version, settings.model_dump_json(), utc_now()),
+            )
+            await self._db.execute("COMMIT")
+        except aiosqlite.Error as exc:
+            if self._db.in_transaction:
+                await self._db.execute("ROLLBACK")
+            raise StoreError(f"cannot store desired config for {device_id}: {exc}") from exc
+        return version
+
+    async def desired_configs(self) -> dict[str, ConfigPush]:
+        """The newest desired config of every device that has one."""
+        async with self._db.execute(
+            "SELECT device_id, version, settings FROM desired_configs d WHERE version = "
+            "(SELECT max(version) FROM desired_configs WHERE device_id = d.device_id)"
+        ) as cur:
+            rows = await cur.fetchall()
+        return {
+            str(device_id): ConfigPush(
+                version=int(version), settings=DeviceSettings.model_validate_json(settings)
+            )
+            for device_id, version, settings in rows
+        }
 
     async def _write_refusals(self, refusals: list[Refusal]) -> None:
         await self._db.executemany(
@@ -206,6 +237,24 @@ class SQLiteStore:
         await self._db.close()
 
 
+def _state_row(s: StateChange) -> tuple[object, ...]:
+    state = s.state
+    health = state.health.model_dump_json() if state.health is not None else None
+    return (
+        state.status,
+        utc_iso(state.at) if state.at else s.received_at,
+        s.received_at,
+        state.firmware,
+        state.firmware,
+        state.config_version,
+        state.config_error,
+        health,
+        health,
+        s.received_at,
+        s.device_id,
+    )
+
+
 def _checkin_row(a: Arrival) -> tuple[object, ...]:
     r = a.record
     personal = r.personal.model_dump_json() if r.personal is not None else None
@@ -223,6 +272,8 @@ def _checkin_row(a: Arrival) -> tuple[object, ...]:
         r.subject,
         personal,
         json.dumps(r.warnings, ensure_ascii=False),
+        int(r.clock_synced),
+        r.credential_id,
     )
 
 

@@ -144,7 +144,8 @@ def test_device_scans_while_broker_down_and_delivers_later(
     thread, errors = run_device_in_thread(device, stop)
     try:
         wait_until(
-            lambda: device.scanner is not None and device.scanner.exhausted.is_set(), "scans"
+            lambda: device.pipeline is not None and device.pipeline.scanner.exhausted.is_set(),
+            "scans",
         )
         assert device.outbox.depth() == 20
         assert device.client is not None and not device.client.connected
