@@ -44,10 +44,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import logging
 import re
-import zlib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,6 +60,7 @@ from pycose.keys.okp import OKPKey
 from pycose.messages.sign1message import Sign1Message
 
 from device.credentials import Verdict
+from device.envelope import EnvelopeError, cbor_exact, inflate
 from device.errors import BadgeKeyError, InvalidCredential
 
 logger = logging.getLogger(__name__)
@@ -276,28 +275,17 @@ def _base45(text: str) -> bytes:
 
 
 def _inflate(data: bytes) -> bytes:
-    # A bounded decompressobj rather than zlib.decompress: a few hundred bytes of zlib
-    # can inflate to gigabytes, and a truncated stream must not pass as complete.
-    inflater = zlib.decompressobj()
     try:
-        raw = inflater.decompress(data, MAX_COSE_BYTES)
-    except zlib.error as exc:
-        raise _malformed(f"zlib: {exc}") from exc
-    if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
-        raise _malformed("zlib stream truncated, oversized or followed by data")
-    return raw
+        return inflate(data, limit=MAX_COSE_BYTES)
+    except EnvelopeError as exc:
+        raise _malformed(str(exc)) from exc
 
 
 def _cbor_exact(data: bytes) -> object:
-    """One CBOR item that is the whole of ``data``."""
-    stream = io.BytesIO(data)
     try:
-        item: object = cbor2.load(stream)
-    except _DECODE_ERRORS as exc:
-        raise _malformed(f"CBOR: {exc}") from exc
-    if stream.read(1):
-        raise _malformed("data after the CBOR item")
-    return item
+        return cbor_exact(data)
+    except EnvelopeError as exc:
+        raise _malformed(str(exc)) from exc
 
 
 def _sign1_parts(item: object) -> tuple[bytes, bytes, bytes]:

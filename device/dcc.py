@@ -27,9 +27,7 @@ suite needs none (some of its clocks equal iat to the second), and slack on
 from __future__ import annotations
 
 import base64
-import io
 import logging
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from device.credentials import Verdict
+from device.envelope import EnvelopeError, cbor_exact, inflate
 from device.errors import CredentialError
 from device.trust import RECOVERY, TEST, VACCINATION, PublicKey, Signer, TrustList
 
@@ -311,31 +310,17 @@ def _rule_broken(signer: Signer, claims: Claims, cert: HealthCertificate, now: d
 
 
 def _inflate(data: bytes) -> bytes:
-    # Bounded: a few hundred bytes of zlib can inflate to gigabytes.
-    inflater = zlib.decompressobj()
     try:
-        raw = inflater.decompress(data, MAX_COSE_BYTES)
-    except zlib.error as exc:
-        raise DccRejected(f"zlib: {exc}", reason=BAD_COMPRESSION) from exc
-    if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
-        raise DccRejected(
-            "zlib stream truncated, oversized or followed by data", reason=BAD_COMPRESSION
-        )
-    return raw
+        return inflate(data, limit=MAX_COSE_BYTES)
+    except EnvelopeError as exc:
+        raise DccRejected(str(exc), reason=BAD_COMPRESSION) from exc
 
 
 def _cbor(data: bytes, reason: str) -> object:
-    """The one CBOR item that is the whole of ``data``; duplicate map keys refused."""
-    stream = io.BytesIO(data)
     try:
-        # cbor2 >= 6 wraps every decoding failure, its semantic decoders' included, in
-        # CBORError; anything else is a bug to surface, not a pass to refuse.
-        item: object = cbor2.load(stream, allow_duplicate_keys=False)
-    except cbor2.CBORError as exc:
-        raise DccRejected(f"CBOR: {exc}", reason=reason) from exc
-    if stream.read(1):
-        raise DccRejected("data after the CBOR item", reason=reason)
-    return item
+        return cbor_exact(data)
+    except EnvelopeError as exc:
+        raise DccRejected(str(exc), reason=reason) from exc
 
 
 def _sign1(item: object) -> CoseSign1:
