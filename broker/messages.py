@@ -44,7 +44,7 @@ class _Model(BaseModel):
 
 
 class PersonalFields(_Model):
-    """Identity fields of a subject, kept apart so they can be sealed to the health authority."""
+    """Identity fields of a subject; they travel only sealed (``broker.sealing``)."""
 
     id_number: Annotated[str, StringConstraints(max_length=32)]
     name: ShortText = ""
@@ -62,7 +62,12 @@ class CheckIn(_Model):
     accepted: bool
     reason: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,48}$")]
     subject: SubjectKey | None = None
-    personal: PersonalFields | None = None
+    sealed: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{64,2048}$")] | None = Field(
+        None, description="PersonalFields sealed to the health authority's public key."
+    )
+    initials: Annotated[str, StringConstraints(max_length=32)] = Field(
+        "", description="What an operator may see without the key, e.g. 'N. V. An'."
+    )
     warnings: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
         default_factory=list, max_length=8
     )

@@ -170,6 +170,18 @@ class CredentialsConfig(_Model):
     )
 
 
+class PrivacyConfig(_Model):
+    """Who can read the identity behind a check-in."""
+
+    authority_public_key: (
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{43}=?$")] | None
+    ) = Field(
+        None,
+        description="The health authority's X25519 public key (url-safe base64). Without it "
+        "no identity leaves the gate: check-ins carry only the pseudonym and initials.",
+    )
+
+
 class DeviceSettings(_Model):
     """Everything about a device that the gateway may set."""
 
@@ -179,6 +191,7 @@ class DeviceSettings(_Model):
     signals: SignalsConfig = Field(default_factory=SignalsConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     credentials: CredentialsConfig = Field(default_factory=CredentialsConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     ack_timeout_s: float = Field(
         10.0, gt=0, le=3600, description="Resend unacked check-ins after this long without an ack."
     )

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from broker.messages import CheckIn, PersonalFields
+from broker.sealing import Sealer
 from device.credentials import CccdReader, CredentialReader, Verdict, recognize
 
 
@@ -63,6 +64,7 @@ class Decision:
     scanned_at: datetime
     judgement: Judgement
     clock_synced: bool = True
+    sealed: str | None = None
 
     @property
     def accepted(self) -> bool:
@@ -75,14 +77,6 @@ class Decision:
     def checkin(self, seq: int) -> CheckIn:
         """The check-in record of this decision under sequence number ``seq``."""
         v, j = self.verdict, self.judgement
-        personal = None
-        if v.id_number:
-            personal = PersonalFields(
-                id_number=v.id_number,
-                name=v.name,
-                date_of_birth=v.date_of_birth,
-                old_id_number=v.old_id_number,
-            )
         return CheckIn(
             seq=seq,
             scanned_at=self.scanned_at,
@@ -91,7 +85,8 @@ class Decision:
             accepted=j.accepted,
             reason=j.reason,
             subject=self.subject,
-            personal=personal,
+            sealed=self.sealed,
+            initials=initials(v.name)[:32] if v.name else "",
             warnings=list(j.warnings),
             clock_synced=self.clock_synced,
             credential_id=v.credential_id,
@@ -119,7 +114,9 @@ class Decider:
         judge: Judge | None = None,
         direction: Literal["in", "out"] = "in",
         clock_synced: Callable[[], bool] = lambda: True,
+        sealer: Sealer | None = None,
     ) -> None:
+        self._sealer = sealer
         self._readers = list(readers)
         self._judge: Judge = judge or PassThrough(direction)
         self._clock_synced = clock_synced
@@ -144,7 +141,20 @@ class Decider:
         if verdict.id_number:
             subject = subject_key(self._key, verdict.kind, verdict.id_number)
         judgement = self._judge.judge(verdict, subject, now=scanned_at)
-        return Decision(text, verdict, subject, scanned_at, judgement, self._clock_synced())
+        sealed = self._seal(verdict)
+        return Decision(text, verdict, subject, scanned_at, judgement, self._clock_synced(), sealed)
+
+    def _seal(self, verdict: Verdict) -> str | None:
+        # Without the authority's key no identity leaves the gate at all.
+        if self._sealer is None or not verdict.id_number:
+            return None
+        fields = PersonalFields(
+            id_number=verdict.id_number[:32],
+            name=verdict.name[:200],
+            date_of_birth=verdict.date_of_birth[:10],
+            old_id_number=verdict.old_id_number[:32],
+        )
+        return self._sealer.seal(fields)
 
     def _forget_older_than(self, cutoff: float) -> None:
         self._last_seen = {t: s for t, s in self._last_seen.items() if s >= cutoff}

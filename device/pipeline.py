@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.messages import CheckIn
+from broker.sealing import Sealer
 from device.badge import BadgeReader
 from device.camera import FrameSource, make_frame_source
 from device.config import DeviceConfig
@@ -42,6 +43,14 @@ def make_readers(config: DeviceConfig) -> list[CredentialReader]:
         ),
         DccReader(TrustList.from_pem_texts(config.credentials.trust_list)),
     ]
+
+
+def _sealer(config: DeviceConfig) -> Sealer | None:
+    key = config.privacy.authority_public_key
+    if key is None:
+        logger.warning("no health authority key configured: check-ins carry no identity")
+        return None
+    return Sealer(key)
 
 
 class Pipeline:
@@ -77,6 +86,7 @@ class Pipeline:
             readers=make_readers(config),
             judge=self.policy,
             clock_synced=clock_synced,
+            sealer=_sealer(config),
         )
         self.scanner = Scanner(
             frame_source=self.frame_source,

@@ -23,6 +23,7 @@ class DeviceEntry(_Model):
     site_id: DeviceId
     gate: str = Field("", max_length=64, description="Gate name shown to operators.")
     direction: Literal["in", "out"] = "in"
+    zone: str = Field("", max_length=64, description="Zone of the site this gate opens into.")
 
 
 class GatewayBrokerConfig(_Model):

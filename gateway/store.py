@@ -107,20 +107,22 @@ class SQLiteStore:
     async def register_devices(self, devices: Sequence[DeviceEntry]) -> None:
         """Insert or update devices; rows of devices no longer listed are kept for tracing."""
         await self._transaction(
-            "INSERT INTO devices (device_id, site_id, gate, direction) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (device_id) DO UPDATE SET site_id=excluded.site_id, "
-            "gate=excluded.gate, direction=excluded.direction",
-            [(d.device_id, d.site_id, d.gate, d.direction) for d in devices],
+            "INSERT INTO devices (device_id, site_id, gate, direction, zone_id) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+            "site_id=excluded.site_id, gate=excluded.gate, direction=excluded.direction, "
+            "zone_id=excluded.zone_id",
+            [(d.device_id, d.site_id, d.gate, d.direction, d.zone) for d in devices],
         )
 
     async def devices(self) -> dict[str, DeviceEntry]:
         """Every registered device by id."""
         async with self._db.execute(
-            "SELECT device_id, site_id, gate, direction FROM devices"
+            "SELECT device_id, site_id, gate, direction, zone_id FROM devices"
         ) as cur:
             rows = await cur.fetchall()
         return {
-            r[0]: DeviceEntry(device_id=r[0], site_id=r[1], gate=r[2], direction=r[3]) for r in rows
+            r[0]: DeviceEntry(device_id=r[0], site_id=r[1], gate=r[2], direction=r[3], zone=r[4])
+            for r in rows
         }
 
     async def stream_marks(self) -> dict[StreamKey, tuple[int, set[int]]]:
@@ -157,8 +159,9 @@ class SQLiteStore:
     async def _insert_checkins(self, arrivals: list[Arrival]) -> None:
         await self._db.executemany(
             "INSERT OR IGNORE INTO checkins (device_id, stream, seq, site_id, scanned_at, "
-            "received_at, direction, kind, accepted, reason, subject, personal, warnings, "
-            "clock_synced, credential_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "received_at, direction, kind, accepted, reason, subject, sealed, initials, "
+            "warnings, clock_synced, credential_id, scanned_s) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [_checkin_row(a) for a in arrivals],
         )
 
@@ -257,7 +260,6 @@ def _state_row(s: StateChange) -> tuple[object, ...]:
 
 def _checkin_row(a: Arrival) -> tuple[object, ...]:
     r = a.record
-    personal = r.personal.model_dump_json() if r.personal is not None else None
     return (
         a.device_id,
         a.stream,
@@ -270,10 +272,12 @@ def _checkin_row(a: Arrival) -> tuple[object, ...]:
         int(r.accepted),
         r.reason,
         r.subject,
-        personal,
+        r.sealed,
+        r.initials,
         json.dumps(r.warnings, ensure_ascii=False),
         int(r.clock_synced),
         r.credential_id,
+        int(r.scanned_at.timestamp()),
     )
 
 

@@ -22,10 +22,12 @@ from pydantic import BaseModel
 
 from broker.mosquitto import BrokerLayout, write_broker_config
 from broker.passwords import new_password, write_private_file
+from broker.sealing import new_authority_key
 from broker.settings import (
     FileSourceConfig,
     Picamera2SourceConfig,
     PolicyConfig,
+    PrivacyConfig,
     SignalsConfig,
 )
 from broker.topics import check_device_id
@@ -79,6 +81,11 @@ class Site:
     def outbox(self, device_id: str) -> Path:
         return self.device_dir(device_id) / "outbox.db"
 
+    @property
+    def authority_key(self) -> Path:
+        """The health authority's private key (demo and tests only hold it on site)."""
+        return self.directory / "secrets" / "authority.key"
+
     def password(self, user: str) -> str:
         """A broker user's password, from the site's secrets folder."""
         return (self.directory / "secrets" / f"{user}.password").read_text().strip()
@@ -104,12 +111,13 @@ def create_site(
     ids = [check_device_id(d.device_id) for d in devices]
     users = {name: new_password() for name in [GATEWAY_USER, *ids, *extra_broker_users]}
     secrets_dir = _write_secrets(directory, users)
+    authority_public = _write_authority_key(secrets_dir)
     layout = write_broker_config(
         directory / "broker", port=port, gateway_users=[GATEWAY_USER], users=users, host=host
     )
     _write_gateway(directory, site_id, host, port, devices)
     for spec in devices:
-        _write_device(directory, site_id, host, port, spec, secrets_dir)
+        _write_device(directory, site_id, host, port, spec, authority_public)
     _write_json(
         directory / "site.json",
         {"site_id": site_id, "host": host, "port": port, "devices": ids},
@@ -146,8 +154,17 @@ def _write_gateway(
     _write_model(directory / "gateway" / "gateway.json", config)
 
 
+def _write_authority_key(secrets_dir: Path) -> str:
+    """The health authority's key pair; in the field the private half goes to the health
+    department and only the public half stays on site."""
+    private, public = new_authority_key()
+    _write_secret(secrets_dir / "authority.key", private)
+    (secrets_dir / "authority.pub").write_text(public + "\n", encoding="utf-8")
+    return public
+
+
 def _write_device(
-    directory: Path, site_id: str, host: str, port: int, spec: DeviceSpec, secrets_dir: Path
+    directory: Path, site_id: str, host: str, port: int, spec: DeviceSpec, authority: str
 ) -> None:
     config = DeviceConfig(
         device_id=spec.device_id,
@@ -162,6 +179,7 @@ def _write_device(
         frame_source=spec.frame_source,
         signals=SignalsConfig(factory=spec.pin_factory),
         policy=PolicyConfig(debounce_s=spec.debounce_s),
+        privacy=PrivacyConfig(authority_public_key=authority),
         outbox_path=Path("outbox.db"),
         subject_key_file=Path("../../secrets/subject.key"),
         ack_timeout_s=spec.ack_timeout_s,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from datetime import UTC, date, datetime
+from pathlib import Path
 
-from device.decision import Decider, subject_key
+import pytest
+
+from broker.sealing import Opener, Sealer, SealingError, new_authority_key
+from device.decision import Decider, initials, subject_key
 from provisioning.people import synthetic_people
 
 KEY = b"k" * 32
@@ -54,7 +59,8 @@ def test_accepted_card_becomes_a_pseudonymous_check_in() -> None:
     assert (record.seq, record.kind, record.reason, record.direction) == (9, "cccd", "ok", "in")
     assert record.subject == subject_key(KEY, "cccd", person.id_number)
     assert person.id_number not in record.subject
-    assert record.personal is not None and record.personal.id_number == person.id_number
+    assert record.sealed is None, "no authority key configured: no identity leaves the gate"
+    assert record.initials == initials(person.name)
     shown = decision.describe()
     assert person.id_number not in shown and person.name not in shown
     assert shown.startswith("ACCEPT")
@@ -65,7 +71,7 @@ def test_rejections_are_check_ins_with_their_reason() -> None:
     other = d.decide("https://example.vn/menu")
     assert other is not None and not other.accepted
     record = other.checkin(seq=1)
-    assert (record.kind, record.reason, record.subject, record.personal) == (
+    assert (record.kind, record.reason, record.subject, record.sealed) == (
         "unrecognized",
         "unrecognized",
         None,
@@ -84,3 +90,35 @@ def test_subject_key_depends_on_the_province_key() -> None:
         b"x" * 32, "cccd", "001099012345"
     )
     assert len(subject_key(KEY, "cccd", "001099012345")) == 32
+
+
+def test_identity_is_sealed_to_the_health_authority() -> None:
+    private, public = new_authority_key()
+    d = Decider(
+        key=KEY,
+        debounce_s=3.0,
+        monotonic=Clock(),
+        wall_clock=lambda: NOW,
+        sealer=Sealer(public),
+    )
+    person = synthetic_people(1, seed=9, today=date(2026, 11, 23))[0]
+    decision = d.decide(person.card_text())
+    assert decision is not None
+    record = decision.checkin(seq=1)
+    assert record.sealed is not None
+    payload = record.model_dump_json()
+    assert person.id_number not in payload and person.name not in payload
+    key_file = Path(tempfile.mkdtemp()) / "authority.key"
+    key_file.write_text(private)
+    opened = Opener.from_file(key_file).open(record.sealed)
+    assert (opened.id_number, opened.name) == (person.id_number, person.name)
+    assert opened.date_of_birth == person.date_of_birth.isoformat()
+    _, other_public = new_authority_key()
+    other = Decider(
+        key=KEY, debounce_s=3.0, monotonic=Clock(), wall_clock=lambda: NOW,
+        sealer=Sealer(other_public),
+    )  # fmt: skip
+    foreign = other.decide(person.card_text())
+    assert foreign is not None and foreign.sealed is not None
+    with pytest.raises(SealingError):
+        Opener.from_file(key_file).open(foreign.sealed)

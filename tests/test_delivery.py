@@ -11,6 +11,7 @@ from pathlib import Path
 from gpiozero.pins.mock import MockFactory
 
 from broker.launcher import Mosquitto
+from broker.sealing import Opener
 from conftest import SiteMaker, StartService, db_rows, outbox_depth, stored_count, wait_until
 from device.app import GateDevice
 from device.config import load_config
@@ -27,6 +28,22 @@ def census(site: Site) -> dict[str, int]:
 def acked_marks(site: Site) -> dict[str, int]:
     rows = db_rows(site, "SELECT device_id, acked_upto FROM streams")
     return {str(d): int(u) for d, u in rows}  # type: ignore[call-overload]
+
+
+def assert_no_plain_identity(site: Site, texts: list[str]) -> None:
+    """Not one ID number or full name in the database files, WAL included."""
+    raw = b"".join(
+        p.read_bytes() for p in site.database.parent.glob(site.database.name + "*") if p.is_file()
+    )
+    assert len(raw) > 100_000, "the database should hold the check-ins by now"
+    for text in texts:
+        id_number, _, name = text.split("|")[:3]
+        assert id_number.encode() not in raw
+        assert name.encode() not in raw
+    opener = Opener.from_file(site.authority_key)
+    sealed = db_rows(site, "SELECT sealed FROM checkins LIMIT 5")
+    opened = {opener.open(str(s)).id_number for (s,) in sealed}
+    assert opened <= {t.split("|")[0] for t in texts}, "the sealed fields open to the real IDs"
 
 
 def device_status(site: Site) -> dict[str, str]:
@@ -48,7 +65,7 @@ def test_three_devices_600_scans_stored_once(
     broker_for: Callable[[Site], Mosquitto],
     services: StartService,
 ) -> None:
-    _, frames = people_frames
+    texts, frames = people_frames
     site = make_site([frames, frames, frames])
     broker_for(site)
     services("gateway", site.gateway_config)
@@ -65,6 +82,7 @@ def test_three_devices_600_scans_stored_once(
     )
     assert sorted(per_device) == [(d, 200, 1, 200) for d in site.device_ids]
     wait_until(lambda: acked_marks(site) == dict.fromkeys(site.device_ids, 200), "acks up to 200")
+    assert_no_plain_identity(site, texts)
     wait_until(lambda: device_status(site) == dict.fromkeys(site.device_ids, "online"), "online")
     for device in devices:
         assert device.stop() == 0
@@ -187,5 +205,5 @@ def test_device_killed_right_after_scan_delivers_on_restart(
 
     wait_until(lambda: stored_count(site) == 1 and outbox_depth(site, "gate-1") == 0, "delivery")
     db = sqlite3.connect(site.database)
-    (personal,) = db.execute("SELECT personal FROM checkins WHERE seq = 1").fetchone()
-    assert texts[0].split("|")[0] in personal
+    (sealed,) = db.execute("SELECT sealed FROM checkins WHERE seq = 1").fetchone()
+    assert Opener.from_file(site.authority_key).open(sealed).id_number == texts[0].split("|")[0]
