@@ -2,6 +2,18 @@
 
 python -m gateway run --config FILE
 python -m gateway push-config --config FILE --device ID --settings SETTINGS.json
+
+Tracing tools; each query is recorded in the audit log with --actor and --purpose,
+and shows names and ID numbers only with the health authority's --key:
+
+python -m gateway trace --config FILE (--subject KEY | --id-number N [--kind cccd]
+    --subject-key-file FILE) --since TIME --until TIME [--threshold-min N] [--levels 1|2]
+    [--key FILE] --actor NAME --purpose TEXT [--format json|csv|xlsx] [--out FILE]
+python -m gateway venue --config FILE --site S --from TIME --until TIME [--margin-min 60] ...
+python -m gateway export-checkins --config FILE --site S --from TIME --until TIME ...
+python -m gateway purge --config FILE [--days N]
+
+TIME is ISO 8601; without an offset it is local time in the config's time zone.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ from pydantic import ValidationError
 from broker.client import BusClient, PublishRefused
 from broker.errors import BrokerError
 from broker.settings import DeviceSettings
+from gateway import registry_cli, tracing_cli
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.fleet import ConfigPublisher
@@ -28,7 +41,11 @@ logger = logging.getLogger("gateway")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
@@ -39,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--config", type=Path, required=True, help="gateway config file (JSON)")
     push.add_argument("--device", required=True, help="device id")
     push.add_argument("--settings", type=Path, required=True, help="device settings (JSON)")
+    tracing_cli.add_cli(sub)
+    registry_cli.add_cli(sub)
     return parser
 
 
@@ -95,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             settings = read_settings(args.settings)
             version = asyncio.run(_push(config, args.device, settings))
             print(f"device {args.device}: desired config version {version} published")
+        elif args.command in tracing_cli.COMMANDS:
+            asyncio.run(tracing_cli.run_cli(args, config))
+        elif args.command in registry_cli.COMMANDS:
+            return asyncio.run(registry_cli.run_cli(args, config))
     except (GatewayError, BrokerError, PublishRefused) as exc:
         logger.error("%s", exc)
         return 2

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from broker.messages import DeviceId
 from broker.secrets import read_password
 from gateway.errors import ConfigError
+from gateway.registry import SiteEntry
 
 
 class _Model(BaseModel):
@@ -53,8 +54,19 @@ class GatewayConfig(_Model):
     devices: list[DeviceEntry] = Field(
         default_factory=list, description="Devices to register at start (kept when removed here)."
     )
+    sites: list[SiteEntry] = Field(
+        default_factory=list,
+        description="Sites with zones and shifts to register at start (kept when removed "
+        "here); when listed, every device must belong to one of them.",
+    )
     max_batch_messages: int = Field(
         500, ge=1, le=10_000, description="Messages written in one transaction at most."
+    )
+    retention_days: int = Field(
+        30, ge=1, description="Check-ins, stays and refused messages older than this are purged."
+    )
+    timezone: str = Field(
+        "Asia/Ho_Chi_Minh", description="IANA time zone of the times in tracing exports."
     )
 
     @model_validator(mode="after")
@@ -63,6 +75,24 @@ class GatewayConfig(_Model):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"devices listed twice: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _devices_in_sites(self) -> GatewayConfig:
+        if not self.sites:
+            return self
+        ids = [s.site_id for s in self.sites]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"sites listed twice: {', '.join(dupes)}")
+        zones = {s.site_id: {z.zone_id for z in s.zones} for s in self.sites}
+        for d in self.devices:
+            if d.site_id not in zones:
+                raise ValueError(f"device {d.device_id}: site {d.site_id} is not a listed site")
+            if d.zone and d.zone not in zones[d.site_id]:
+                raise ValueError(
+                    f"device {d.device_id}: zone {d.zone!r} is not a zone of site {d.site_id}"
+                )
         return self
 
 

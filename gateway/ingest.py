@@ -75,9 +75,17 @@ class StreamMark:
 class Ingestor:
     """Validates and stores device messages and acks what is committed."""
 
-    def __init__(self, store: TracingStore, *, send_ack: AckSender, max_batch: int = 500) -> None:
+    def __init__(
+        self,
+        store: TracingStore,
+        *,
+        send_ack: AckSender,
+        max_batch: int = 500,
+        on_committed: Callable[[set[str]], None] | None = None,
+    ) -> None:
         self._store = store
         self._send_ack = send_ack
+        self._on_committed = on_committed
         self._max_batch = max_batch
         self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
         self._devices: dict[str, DeviceEntry] = {}
@@ -128,6 +136,8 @@ class Ingestor:
         self.counts["duplicates"] += self._resent + len(batch.arrivals) - inserted
         for (device_id, stream), mark in new_marks.items():
             self._send_ack(device_id, stream, mark.upto)
+        if self._on_committed is not None and batch.arrivals:
+            self._on_committed({a.record.subject for a in batch.arrivals if a.record.subject})
 
     def _accept(
         self, item: Incoming, batch: WriteBatch, marks: dict[StreamKey, StreamMark]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from zoneinfo import ZoneInfo
 
 from broker.client import BusClient, ClientSettings, PublishRefused
 from broker.messages import Ack, encode
@@ -12,6 +13,9 @@ from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.fleet import ConfigPublisher
 from gateway.ingest import Ingestor
+from gateway.registry import register_sites
+from gateway.retention import run_retention
+from gateway.staykeeper import StayKeeper
 from gateway.store import SQLiteStore
 
 logger = logging.getLogger(__name__)
@@ -41,22 +45,39 @@ class Gateway:
         self.ingestor: Ingestor | None = None
         self.client: BusClient | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.stays: StayKeeper | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Open the store, connect, and ingest until ``stop`` is set."""
         self.store = await SQLiteStore.open(self.config.database)
         try:
             await self.store.register_devices(self.config.devices)
+            async with self.store.exclusive() as db:
+                await register_sites(db, self.config.sites)
+            self.stays = StayKeeper(self.store, tz=ZoneInfo(self.config.timezone))
             self.ingestor = Ingestor(
-                self.store, send_ack=self._send_ack, max_batch=self.config.max_batch_messages
+                self.store,
+                send_ack=self._send_ack,
+                max_batch=self.config.max_batch_messages,
+                on_committed=self.stays.mark,
             )
             await self.ingestor.load()
             self.client = self._make_client()
             self.client.start()
-            task = asyncio.create_task(self.ingestor.run(), name="ingest")
+            keeper = asyncio.create_task(self.stays.run(stop), name="stays")
+            tasks = [
+                asyncio.create_task(self.ingestor.run(), name="ingest"),
+                asyncio.create_task(
+                    run_retention(self.config.database, days=self.config.retention_days),
+                    name="retention",
+                ),
+            ]
             await stop.wait()
-            task.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self.client.stop()
+            await keeper
             logger.info("gateway stopped: %s", dict(self.ingestor.counts))
         finally:
             await self.store.close()

@@ -7,9 +7,11 @@ protocol when a province outgrows one gateway.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,6 +90,30 @@ class SQLiteStore:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
         self.path = path
+        # aiosqlite serialises statements, not transactions: every writer holds this
+        # lock for its whole transaction so two never interleave on the connection.
+        self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The writer connection, held alone, for code that runs its own transaction."""
+        async with self._lock:
+            yield self._db
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
+        """One explicit write transaction on the writer connection; errors roll back."""
+        async with self._lock:
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+                yield self._db
+                await self._db.execute("COMMIT")
+            except BaseException as exc:
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
+                if isinstance(exc, aiosqlite.Error):
+                    raise StoreError(f"cannot {what} in {self.path}: {exc}") from exc
+                raise
 
     @classmethod
     async def open(cls, path: Path) -> SQLiteStore:
@@ -141,19 +167,13 @@ class SQLiteStore:
 
     async def write(self, batch: WriteBatch) -> int:
         """Commit a batch in one transaction; returns how many check-ins were new."""
-        try:
-            await self._db.execute("BEGIN IMMEDIATE")
+        async with self.transaction("store check-ins"):
             before = self._db.total_changes
             await self._insert_checkins(batch.arrivals)
             inserted = self._db.total_changes - before
             await self._write_marks(batch.marks)
             await self._write_states(batch.states)
             await self._write_refusals(batch.refusals)
-            await self._db.execute("COMMIT")
-        except aiosqlite.Error as exc:
-            if self._db.in_transaction:
-                await self._db.execute("ROLLBACK")
-            raise StoreError(f"cannot write to {self.path}: {exc}") from exc
         return inserted
 
     async def _insert_checkins(self, arrivals: list[Arrival]) -> None:
@@ -186,8 +206,7 @@ class SQLiteStore:
 
     async def add_desired_config(self, device_id: str, settings: DeviceSettings) -> int:
         """Store a new desired config for a device; returns its version (1, 2, ...)."""
-        try:
-            await self._db.execute("BEGIN IMMEDIATE")
+        async with self.transaction(f"store desired config for {device_id}"):
             async with self._db.execute(
                 "SELECT coalesce(max(version), 0) + 1 FROM desired_configs WHERE device_id=?",
                 (device_id,),
@@ -198,11 +217,6 @@ class SQLiteStore:
                 "INSERT INTO desired_configs VALUES (?, ?, ?, ?)",
                 (device_id, version, settings.model_dump_json(), utc_now()),
             )
-            await self._db.execute("COMMIT")
-        except aiosqlite.Error as exc:
-            if self._db.in_transaction:
-                await self._db.execute("ROLLBACK")
-            raise StoreError(f"cannot store desired config for {device_id}: {exc}") from exc
         return version
 
     async def desired_configs(self) -> dict[str, ConfigPush]:
@@ -227,14 +241,8 @@ class SQLiteStore:
         )
 
     async def _transaction(self, sql: str, rows: list[tuple[object, ...]]) -> None:
-        try:
-            await self._db.execute("BEGIN IMMEDIATE")
+        async with self.transaction("write"):
             await self._db.executemany(sql, rows)
-            await self._db.execute("COMMIT")
-        except aiosqlite.Error as exc:
-            if self._db.in_transaction:
-                await self._db.execute("ROLLBACK")
-            raise StoreError(f"cannot write to {self.path}: {exc}") from exc
 
     async def close(self) -> None:
         await self._db.close()

@@ -15,14 +15,19 @@ import logging
 import random
 import shutil
 import signal
+import sqlite3
+import subprocess
 import sys
-from datetime import date
+import time
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from broker.launcher import Mosquitto, free_port
 from broker.settings import FileSourceConfig
+from device.decision import initials
+from gateway.identity import pseudonym, read_subject_key
 from provisioning.census import Census, take_census
-from provisioning.people import NOT_CREDENTIALS, synthetic_people, write_frames
+from provisioning.people import NOT_CREDENTIALS, Person, synthetic_people, write_frames
 from provisioning.site import DeviceSpec, Site, create_site
 
 logger = logging.getLogger(__name__)
@@ -165,11 +170,55 @@ def summary_table(census: Census, site: Site) -> str:
     return "\n".join(["", "summary", *lines, f"  database: {site.database}"])
 
 
+def pick_index_case(site: Site, people: list[Person]) -> Person | None:
+    """Someone still inside (no exit scan yet): the case whose contacts matter most."""
+    key = read_subject_key(site.directory / "secrets" / "subject.key")
+    db = sqlite3.connect(f"file:{site.database}?mode=ro", uri=True)
+    try:
+        inside = {
+            subject
+            for (subject,) in db.execute("SELECT subject FROM stays WHERE end_rule='default_stay'")
+        }
+    finally:
+        db.close()
+    return next((p for p in people if pseudonym(key, "cccd", p.id_number) in inside), None)
+
+
+def demo_trace(site: Site, index: Person, since: datetime) -> str:
+    """Trace one person as the health department would: audited, decrypted with its key."""
+    started = time.monotonic()
+    # People still inside have stays that run to their default end (8 h at a factory):
+    # the window reaches that far so those future hours count, as they will.
+    until = datetime.now(UTC) + timedelta(hours=12)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "--log-level", "WARNING", "trace",
+         "--config", str(site.gateway_config), "--id-number", "-",
+         "--subject-key-file", str(site.directory / "secrets" / "subject.key"),
+         "--key", str(site.authority_key), "--since", since.isoformat(),
+         "--until", until.isoformat(),
+         "--actor", "demo", "--purpose", "site-in-a-box demo trace"],
+        input=index.id_number, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    elapsed_ms = (time.monotonic() - started) * 1000
+    if result.returncode != 0:
+        return f"trace failed: {result.stderr.strip()[-300:]}"
+    found = json.loads(result.stdout)
+    return (
+        f"trace of {initials(index.name)} (audited, decrypted with the authority key): "
+        f"{len(found['f1'])} F1, {len(found['f2'])} F2 "
+        f"({elapsed_ms:.0f} ms including process start)"
+    )
+
+
 def run_demo(workdir: Path, *, duration: float, people: int = 40, seed: int = 7) -> int:
     """The whole demo; returns the process exit code (0 when nothing was lost)."""
     site = build_site(workdir.resolve(), people=people, seed=seed, interval_s=0.4)
+    started = datetime.now(UTC)
     asyncio.run(run_site(site, duration))
     census = take_census(site.database, {d: site.outbox(d) for d in site.device_ids})
     print(summary_table(census, site))
+    index = pick_index_case(site, synthetic_people(people, seed=seed, today=date.today()))
+    if index is not None:
+        print(demo_trace(site, index, started - timedelta(minutes=1)))
     print(json.dumps({**census.as_dict(), "database": str(site.database)}, ensure_ascii=False))
     return 0 if census.lost == 0 and census.duplicates == 0 else 1

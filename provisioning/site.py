@@ -32,8 +32,10 @@ from broker.settings import (
 )
 from broker.topics import check_device_id
 from device.config import BrokerConfig, DeviceConfig
+from gateway.categories import Category
 from gateway.config import DeviceEntry, GatewayBrokerConfig, GatewayConfig
-from provisioning.errors import SiteExists
+from gateway.registry import SiteEntry
+from provisioning.errors import ProvisioningError, SiteExists
 
 GATEWAY_USER = "gateway"
 
@@ -99,13 +101,18 @@ def create_site(
     devices: Sequence[DeviceSpec],
     host: str = "127.0.0.1",
     extra_broker_users: Sequence[str] = (),
+    site: SiteEntry | None = None,
 ) -> Site:
     """Generate every file of a new site; refuses to overwrite an existing one.
 
     ``extra_broker_users`` get broker credentials (device ACL) but are not
     registered at the gateway: what a revoked or foreign device looks like.
+    ``site`` is registered at the gateway; by default a factory named after ``site_id``.
     """
     check_device_id(site_id)
+    entry = site or SiteEntry(site_id=site_id, name=site_id, category=Category.FACTORY)
+    if entry.site_id != site_id:
+        raise ProvisioningError(f"site entry {entry.site_id} is not site {site_id}")
     if (directory / "site.json").exists():
         raise SiteExists(f"{directory} already holds a site; choose an empty folder")
     ids = [check_device_id(d.device_id) for d in devices]
@@ -115,7 +122,7 @@ def create_site(
     layout = write_broker_config(
         directory / "broker", port=port, gateway_users=[GATEWAY_USER], users=users, host=host
     )
-    _write_gateway(directory, site_id, host, port, devices)
+    _write_gateway(directory, site_id, host, port, devices, entry)
     for spec in devices:
         _write_device(directory, site_id, host, port, spec, authority_public)
     _write_json(
@@ -135,7 +142,12 @@ def _write_secrets(directory: Path, users: dict[str, str]) -> Path:
 
 
 def _write_gateway(
-    directory: Path, site_id: str, host: str, port: int, devices: Sequence[DeviceSpec]
+    directory: Path,
+    site_id: str,
+    host: str,
+    port: int,
+    devices: Sequence[DeviceSpec],
+    site: SiteEntry,
 ) -> None:
     config = GatewayConfig(
         site_id=site_id,
@@ -150,6 +162,7 @@ def _write_gateway(
             DeviceEntry(device_id=d.device_id, site_id=site_id, gate=d.gate, direction=d.direction)
             for d in devices
         ],
+        sites=[site],
     )
     _write_model(directory / "gateway" / "gateway.json", config)
 
