@@ -19,8 +19,10 @@ lint: setup
 test: lint
 	$(PY) -m pytest
 
+BENCHES ?= decode device_run ingest trace
+
 bench: setup
-	@for b in tests/bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in $(BENCHES); do echo "== tests/bench/$$b.py"; $(PY) tests/bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .demo .mypy_cache .pytest_cache .ruff_cache
