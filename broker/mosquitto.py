@@ -24,12 +24,13 @@ import os
 import pwd
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from broker.errors import BrokerConfigError
 from broker.messages import MAX_CONFIG_BYTES
 from broker.passwords import write_password_file, write_private_file
+from broker.tls import TlsListener
 from broker.topics import DEVICE_ID_PATTERN, Channel, acl_pattern, all_devices
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class BrokerLayout:
     log_file: Path
     port: int
     host: str
+    tls: TlsListener | None = None
 
 
 def layout_for(directory: Path, *, port: int, host: str = "127.0.0.1") -> BrokerLayout:
@@ -109,6 +111,7 @@ def write_broker_config(
     users: Mapping[str, str],
     host: str = "127.0.0.1",
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+    tls: TlsListener | None = None,
 ) -> BrokerLayout:
     """Write conf, password file and ACL for ``users`` (every user -> plain password).
 
@@ -119,7 +122,7 @@ def write_broker_config(
     gateways = sorted(set(gateway_users))
     _check_users(gateways, users)
     _check_listener(port, host, max_packet_size)
-    layout = layout_for(directory, port=port, host=host)
+    layout = replace(layout_for(directory, port=port, host=host), tls=tls)
     _check_path(layout.directory)
     layout.directory.mkdir(parents=True, exist_ok=True)
     layout.data_dir.mkdir(mode=0o700, exist_ok=True)
@@ -209,7 +212,27 @@ def render_conf(layout: BrokerLayout, *, max_packet_size: int = DEFAULT_MAX_PACK
         "log_timestamp_format %Y-%m-%dT%H:%M:%S",
         "connection_messages true",
     ]
+    if layout.tls is not None:
+        lines += _tls_lines(layout.tls, layout.host)
     return "\n".join(lines) + "\n"
+
+
+def _tls_lines(tls: TlsListener, host: str) -> list[str]:
+    """A second listener where a device's client certificate is its login.
+
+    With ``use_identity_as_username`` the certificate's common name (the device
+    id) becomes the user name, so the same ACL patterns apply; a certificate
+    from another CA, or none, is refused during the handshake.
+    """
+    return [
+        f"listener {tls.port} {host}",
+        f"cafile {tls.ca_file}",
+        f"certfile {tls.cert_file}",
+        f"keyfile {tls.key_file}",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "tls_version tlsv1.2",
+    ]
 
 
 def _user_lines() -> list[str]:
