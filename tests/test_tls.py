@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -20,7 +21,7 @@ WAIT_S = 10.0
 
 
 @pytest.fixture
-def tls_site(tmp_path: Path) -> tuple[Mosquitto, BrokerLayout, KeyPair, Path]:
+def tls_site(tmp_path: Path) -> Iterator[tuple[Mosquitto, BrokerLayout, KeyPair, Path]]:
     ca = new_site_ca("tls-site")
     pki = tmp_path / "pki"
     ca.save(pki / "ca.pem", pki / "ca.key")
@@ -37,7 +38,7 @@ def tls_site(tmp_path: Path) -> tuple[Mosquitto, BrokerLayout, KeyPair, Path]:
     )
     broker = Mosquitto(layout)
     broker.start()
-    yield broker, layout, ca, pki  # type: ignore[misc]
+    yield broker, layout, ca, pki
     broker.stop()
 
 
