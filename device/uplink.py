@@ -85,8 +85,11 @@ class Uplink:
     async def run(self) -> None:
         """Send whenever woken or every tick, until cancelled."""
         while True:
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancel that
+            # arrives as the event fires, and the device would then hang at shutdown.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._tick_s)
+                async with asyncio.timeout(self._tick_s):
+                    await self._wake.wait()
             self._wake.clear()
             if self._client.connected:
                 self._resend_if_stalled()
