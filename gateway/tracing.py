@@ -29,10 +29,13 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 from weakref import WeakKeyDictionary
 
 import aiosqlite
+import numpy as np
 
 from gateway.stays import (
     CERTAINTY,
@@ -222,23 +225,57 @@ async def _longest_stays(db: aiosqlite.Connection, sites: Sequence[str]) -> dict
     return {site: known[site] for site in sites}
 
 
-# The probes are the outer loop (CROSS JOIN keeps that order), each a range of the index
-# stays_place_time; the probe's threshold is already at least 1 s, so touching is not meeting.
-_OVERLAPS = """
-WITH probe AS (
-    SELECT key AS k, value ->> 0 AS site, value ->> 1 AS zone, value ->> 2 AS trip,
-           value ->> 3 AS s, value ->> 4 AS e, value ->> 5 AS lo, value ->> 6 AS thr
-    FROM json_each(?1)
-)
-SELECT p.k, t.subject, t.zone_id, t.trip_id, max(t.start_s, p.s), min(t.end_s, p.e),
-       t.start_rule, t.end_rule
-FROM probe p CROSS JOIN stays t
-WHERE t.site_id = p.site AND t.start_s >= p.lo AND t.start_s < p.e AND t.end_s > p.s
-  AND (p.zone = '' OR t.zone_id = '' OR t.zone_id = p.zone)
-  AND (p.trip IS NULL OR t.trip_id IS NULL OR t.trip_id = p.trip)
-  AND min(t.end_s, p.e) - max(t.start_s, p.s) >= p.thr
+# Candidates: every stay starting inside one of the spans (disjoint, so each stay comes
+# once), along the index stays_place_time; the outer loop is the spans (CROSS JOIN).
+_CANDIDATES = """
+SELECT t.site_id, t.start_s, t.end_s, t.subject, t.zone_id, t.trip_id, t.start_rule, t.end_rule
+FROM json_each(?1) j CROSS JOIN stays t
+WHERE t.site_id = j.value ->> 0 AND t.start_s >= j.value ->> 1 AND t.start_s < j.value ->> 2
+  AND t.end_s > j.value ->> 3
   AND t.subject NOT IN (SELECT value FROM json_each(?2))
 """
+
+# (subject, start_s, end_s, site_id, via, zone_id, trip_id, certainty rank)
+_Raw = tuple[str, int, int, str, str, str, int | None, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """What one probe looks for: stays at its site starting in [low, end_s) that meet it."""
+
+    probe: _Probe
+    low: int
+    threshold_s: int
+
+
+class _SiteStays:
+    """Candidate stays of one site sorted by start, with numpy columns to match probes."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        rows.sort(key=itemgetter(1))  # usually sorted already: spans come in index order
+        self.rows = rows
+        _, start, end, _, zone, trip, _, _ = zip(*rows, strict=True)
+        self.start = np.array(start, dtype=np.int64)
+        self.end = np.array(end, dtype=np.int64)
+        self.zones: dict[str, int] = {"": 0}
+        self.zone = np.array([self.zones.setdefault(z, len(self.zones)) for z in zone])
+        self.has_trip = np.array([t is not None for t in trip], dtype=np.bool_)
+        self.trip = np.array([-1 if t is None else t for t in trip], dtype=np.int64)
+
+    def meeting(self, w: _Window) -> tuple[list[int], list[int], list[int]]:
+        """Indexes of the stays that meet the probe, with each overlap's start and end."""
+        p = w.probe
+        i, j = np.searchsorted(self.start, (w.low, p.end_s))
+        lo = np.maximum(self.start[i:j], p.start_s)
+        hi = np.minimum(self.end[i:j], p.end_s)
+        ok = hi - lo >= w.threshold_s
+        if p.zone_id:
+            zone = self.zone[i:j]
+            ok &= (zone == 0) | (zone == self.zones.get(p.zone_id, -1))
+        if p.trip_id is not None:
+            ok &= ~self.has_trip[i:j] | (self.trip[i:j] == p.trip_id)
+        hits = np.flatnonzero(ok)
+        return (hits + i).tolist(), lo[hits].tolist(), hi[hits].tolist()
 
 
 async def _contacts(
@@ -246,50 +283,75 @@ async def _contacts(
     probes: Sequence[_Probe],
     excluded: set[str],
     threshold_s: int | None,
-) -> list[Contact]:
+) -> list[_Raw]:
     """Every stay of someone not ``excluded`` that meets one of ``probes``."""
     if not probes:
         return []
+    windows = await _windows(db, probes, threshold_s)
+    rows = await _fetch(
+        db, _CANDIDATES, (json.dumps(_spans(windows)), json.dumps(sorted(excluded)))
+    )
+    by_site: dict[str, list[Any]] = defaultdict(list)
+    for row in rows:
+        by_site[row[0]].append(row)
+    sites = {site: _SiteStays(found) for site, found in by_site.items()}
+    ranks: dict[tuple[str, str], int] = {}
+    raw: list[_Raw] = []
+    for w in windows:
+        site = sites.get(w.probe.site_id)
+        if site is None:
+            continue
+        p = w.probe
+        for n, lo, hi in zip(*site.meeting(w), strict=True):
+            _, _, _, subject, zone, trip, start_rule, end_rule = site.rows[n]
+            rank = ranks.get((start_rule, end_rule))
+            if rank is None:
+                rank = ranks[(start_rule, end_rule)] = stay_rank(start_rule, end_rule)
+            trip_id = p.trip_id if trip is None else trip
+            rank = max(rank, p.rank)
+            raw.append((subject, lo, hi, p.site_id, p.subject, zone or p.zone_id, trip_id, rank))
+    return raw
+
+
+async def _windows(
+    db: aiosqlite.Connection, probes: Sequence[_Probe], threshold_s: int | None
+) -> list[_Window]:
+    """Each probe with how far back a stay meeting it may start, and its threshold."""
     facts = await _site_facts(db, {p.site_id for p in probes})
-    encoded = []
+    windows = []
     for p in probes:
         site = facts[p.site_id]
         threshold = max(site.threshold_s if threshold_s is None else threshold_s, 1)
-        low = p.start_s - site.max_stay_s
-        encoded.append([p.site_id, p.zone_id, p.trip_id, p.start_s, p.end_s, low, threshold])
-    rows = await _fetch(db, _OVERLAPS, (json.dumps(encoded), json.dumps(sorted(excluded))))
-    contacts = []
-    for k, subject, zone, trip, start, end, start_rule, end_rule in rows:
-        p = probes[k]
-        rank = max(p.rank, stay_rank(start_rule, end_rule))
-        contacts.append(
-            Contact(
-                subject=subject,
-                site_id=p.site_id,
-                zone_id=zone or p.zone_id,
-                trip_id=p.trip_id if trip is None else trip,
-                start_s=start,
-                end_s=end,
-                overlap_s=end - start,
-                via=p.subject,
-                certainty=CERTAINTY[rank],
-            )
-        )
-    return contacts
+        windows.append(_Window(p, p.start_s - site.max_stay_s, threshold))
+    return windows
 
 
-def _exposed(contacts: Iterable[Contact], *, level: int) -> tuple[Exposed, ...]:
-    by_subject: dict[str, list[Contact]] = defaultdict(list)
-    for contact in contacts:
-        by_subject[contact.subject].append(contact)
-    people = [
-        Exposed(
-            subject=subject,
-            level=level,
-            total_overlap_s=sum(c.overlap_s for c in found),
-            contacts=tuple(sorted(found, key=lambda c: (c.start_s, c.end_s, c.site_id, c.via))),
+def _spans(windows: Sequence[_Window]) -> list[list[object]]:
+    """The probes' ranges merged per site: [site, low, high, earliest probe start].
+
+    A site's probes all look back by the same bound, so the first probe of a
+    span is also the one that starts first.
+    """
+    spans: list[list[Any]] = []
+    for w in sorted(windows, key=lambda w: (w.probe.site_id, w.low)):
+        p = w.probe
+        last = spans[-1] if spans else None
+        if last is not None and last[0] == p.site_id and w.low <= last[2]:
+            last[2] = max(last[2], p.end_s)
+        else:
+            spans.append([p.site_id, w.low, p.end_s, p.start_s])
+    return spans
+
+
+def _exposed(raw: list[_Raw], *, level: int) -> tuple[Exposed, ...]:
+    raw.sort(key=itemgetter(0, 1, 2, 3, 4))
+    people = []
+    for subject, group in groupby(raw, key=itemgetter(0)):
+        contacts = tuple(
+            Contact(subject, site, zone, trip, start, end, end - start, via, CERTAINTY[rank])
+            for _, start, end, site, via, zone, trip, rank in group
         )
-        for subject, found in by_subject.items()
-    ]
+        total = sum(c.overlap_s for c in contacts)
+        people.append(Exposed(subject, level, total, contacts))
     people.sort(key=lambda e: (-e.total_overlap_s, e.subject))
     return tuple(people)

@@ -78,6 +78,7 @@ RULES = {
             trips=[(1, "07:00", "07:50"), (2, "08:00", "08:50"), (3, "09:00", None)],
         ),
         site("hall", Category.MEETING, 3 * 3600),
+        site("inn", Category.LODGING, 12 * 3600),
     ]
 }
 
@@ -226,6 +227,17 @@ SCENARIOS: dict[str, tuple[list[ScanSpec], list[StaySpec]]] = {
             ("hall", "a", None, "10:00", "10:30", "entry", "next_checkin", 1, None),
             ("hall", "b", None, "10:00", "10:30", "previous_checkin", "exit", None, 2),
         ],
+    ),
+    "an exit days later is not the entry's exit": (
+        [("office", "", "in", "09:00"), ("office", "", "out", "+2 17:00")],
+        [
+            ("office", "", None, "09:00", "17:00", "entry", "default_stay", 1, None),
+            ("office", "", None, "+2 09:00", "+2 17:00", "exit_minus_default", "exit", None, 2),
+        ],
+    ),
+    "a stay of days where people live": (
+        [("inn", "", "in", "14:00"), ("inn", "", "out", "+3 11:00")],
+        [("inn", "", None, "14:00", "+3 11:00", "entry", "exit", 1, 2)],
     ),
     "zero-length stays are dropped": (
         [("shop", "", "in", "12:00"), ("shop", "", "out", "12:00"), ("shop", "", "out", "12:00")],

@@ -385,11 +385,11 @@ async def test_unknown_subject_has_no_contacts(db: aiosqlite.Connection) -> None
         await trace(db, "nobody", since_s=at(0), until_s=at(24), levels=3)
 
 
-async def test_overlap_queries_use_the_stays_indexes(db: aiosqlite.Connection) -> None:
-    async with db.execute("EXPLAIN QUERY PLAN " + tracing._OVERLAPS, ("[]", "[]")) as cur:
+async def test_candidates_come_from_the_place_index(db: aiosqlite.Connection) -> None:
+    async with db.execute("EXPLAIN QUERY PLAN " + tracing._CANDIDATES, ("[]", "[]")) as cur:
         plan = " | ".join(str(row[3]) for row in await cur.fetchall())
-    # The probes drive the join; each probe is one bounded range of the place index.
-    assert plan.index("json_each") < plan.index("stays_place_time"), plan
+    # The spans drive the join; each span is one bounded range of the place index.
+    assert plan.index("SCAN j ") < plan.index("stays_place_time"), plan
     assert "stays_place_time (site_id=? AND start_s>? AND start_s<?)" in plan, plan
 
 
