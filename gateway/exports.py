@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import astuple, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TextIO
+from typing import Any, ClassVar, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiosqlite
@@ -35,6 +35,8 @@ from openpyxl.utils import get_column_letter
 
 from gateway.errors import ConfigError, GatewayError
 from gateway.identity import Identities, Identity
+from gateway.stays import Stay
+from gateway.tracing import Contact, Exposed, TraceResult
 
 logger = logging.getLogger(__name__)
 
@@ -135,79 +137,6 @@ class Places:
         return self.zones.get((site_id, zone_id)) or zone_id
 
 
-# --- what the tracing module returns (gateway.tracing, gateway.stays) ---------------------
-
-
-class ContactLike(Protocol):
-    """A contact of ``gateway.tracing``: ``subject``'s stay overlapped one of ``via``'s."""
-
-    @property
-    def subject(self) -> str: ...
-    @property
-    def site_id(self) -> str: ...
-    @property
-    def zone_id(self) -> str: ...
-    @property
-    def trip_id(self) -> int | None: ...
-    @property
-    def start_s(self) -> int: ...
-    @property
-    def end_s(self) -> int: ...
-    @property
-    def overlap_s(self) -> int: ...
-    @property
-    def via(self) -> str: ...
-    @property
-    def certainty(self) -> str: ...
-
-
-class ExposedLike(Protocol):
-    """An exposed subject of ``gateway.tracing``, with the contacts that exposed it."""
-
-    @property
-    def subject(self) -> str: ...
-    @property
-    def level(self) -> int: ...
-    @property
-    def total_overlap_s(self) -> int: ...
-    @property
-    def contacts(self) -> Sequence[ContactLike]: ...
-
-
-class TraceResultLike(Protocol):
-    """The result of ``gateway.tracing.trace``."""
-
-    @property
-    def index(self) -> str: ...
-    @property
-    def since_s(self) -> int: ...
-    @property
-    def until_s(self) -> int: ...
-    @property
-    def f1(self) -> Sequence[ExposedLike]: ...
-    @property
-    def f2(self) -> Sequence[ExposedLike]: ...
-
-
-class StayLike(Protocol):
-    """A presence interval of ``gateway.stays``."""
-
-    @property
-    def subject(self) -> str: ...
-    @property
-    def site_id(self) -> str: ...
-    @property
-    def zone_id(self) -> str: ...
-    @property
-    def trip_id(self) -> int | None: ...
-    @property
-    def start_s(self) -> int: ...
-    @property
-    def end_s(self) -> int: ...
-    @property
-    def end_rule(self) -> str: ...
-
-
 # --- rows --------------------------------------------------------------------------------
 
 
@@ -304,7 +233,7 @@ class Exporter:
         self,
         who: Identity,
         level: str,
-        part: ContactLike | StayLike,
+        part: Contact | Stay,
         overlap_s: int,
         how: str,
         via: str = "",
@@ -317,7 +246,7 @@ class Exporter:
             local_text(part.end_s, self.tz), overlap_s // 60, how, via,
         )  # fmt: skip
 
-    async def trace_rows(self, result: TraceResultLike) -> list[ExposureRow]:
+    async def trace_rows(self, result: TraceResult) -> list[ExposureRow]:
         """One row per contact of every F1 and F2 (a person without contacts: one blank row)."""
         rows: list[ExposureRow] = []
         for level, exposed in _levels(result):
@@ -335,7 +264,7 @@ class Exporter:
         return rows
 
     async def venue_rows(
-        self, stays: Sequence[StayLike], *, from_s: int, until_s: int
+        self, stays: Sequence[Stay], *, from_s: int, until_s: int
     ) -> list[ExposureRow]:
         """One row per stay; overlap is with [from, until), 0 for stays only within the margin."""
         rows = []
@@ -387,7 +316,7 @@ class Exporter:
             "timezone": self.tz.key,
         }
 
-    def _when_json(self, part: ContactLike | StayLike) -> Json:
+    def _when_json(self, part: Contact | Stay) -> Json:
         return {
             **self.places.site(part.site_id).as_json(),
             "zone": self.places.zone(part.site_id, part.zone_id),
@@ -396,7 +325,7 @@ class Exporter:
             "to": local_iso(part.end_s, self.tz),
         }
 
-    async def trace_json(self, result: TraceResultLike, *, levels: int) -> Json:
+    async def trace_json(self, result: TraceResult, *, levels: int) -> Json:
         """The whole trace: index, window, F1 and F2 with their contacts."""
         out: Json = {
             "index": self.identity_json(await self.identities.of(result.index)),
@@ -407,7 +336,7 @@ class Exporter:
             out[name] = [await self._exposed_json(e) for e in group]
         return out
 
-    async def _exposed_json(self, exposed: ExposedLike) -> Json:
+    async def _exposed_json(self, exposed: Exposed) -> Json:
         who = await self.identities.of(exposed.subject)
         contacts = [
             {
@@ -426,7 +355,7 @@ class Exporter:
         }
 
     async def venue_json(
-        self, site_id: str, stays: Sequence[StayLike], *, from_s: int, until_s: int, margin_s: int
+        self, site_id: str, stays: Sequence[Stay], *, from_s: int, until_s: int, margin_s: int
     ) -> Json:
         """Everyone present at a site in [from - margin, until + margin), one entry per stay."""
         people = []
@@ -459,7 +388,7 @@ def checkins_json(site: Place, window: Json, rows: Sequence[CheckinRow]) -> Json
     }
 
 
-def _levels(result: TraceResultLike) -> Iterable[tuple[str, ExposedLike]]:
+def _levels(result: TraceResult) -> Iterable[tuple[str, Exposed]]:
     for exposed in result.f1:
         yield "F1", exposed
     for exposed in result.f2:

@@ -33,7 +33,9 @@ from gateway.exports import (
     zone_info,
 )
 from gateway.identity import Identities, pseudonym, read_subject_key
+from gateway.stays import Stay
 from gateway.store import SQLiteStore
+from gateway.tracing import Contact, Exposed, TraceResult
 
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 HOSTILE = ['=HYPERLINK("http://x","y")', "+1", "-2+3", "@SUM(A1)", "\tcmd", "\rcmd"]
@@ -125,47 +127,6 @@ def test_subject_key_file_must_hold_a_real_key(tmp_path: Path) -> None:
 
 
 # --- rows from a database -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Contact:
-    subject: str
-    site_id: str
-    zone_id: str
-    trip_id: int | None
-    start_s: int
-    end_s: int
-    overlap_s: int
-    via: str
-    certainty: str
-
-
-@dataclass(frozen=True, slots=True)
-class Exposed:
-    subject: str
-    level: int
-    total_overlap_s: int
-    contacts: tuple[Contact, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class TraceResult:
-    index: str
-    since_s: int
-    until_s: int
-    f1: tuple[Exposed, ...]
-    f2: tuple[Exposed, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Stay:
-    subject: str
-    site_id: str
-    zone_id: str
-    trip_id: int | None
-    start_s: int
-    end_s: int
-    end_rule: str
 
 
 PEOPLE = {  # id number -> (name, initials)
@@ -303,8 +264,10 @@ async def test_venue_rows_overlap_the_window_and_tell_how_the_stay_ended(db: Db)
     exporter = await Exporter.load(db.conn, Identities(db.conn), TZ)
     who = subj("001099000002")
     stays = [
-        Stay(who, "quan-pho", "z1", None, T0 - 1800, T0 + 600, "exit"),
-        Stay(who, "quan-pho", "", None, T0 - 3000, T0 - 60, "default_stay"),  # margin only
+        Stay(who, "quan-pho", "z1", None, T0 - 1800, T0 + 600, "entry", "exit", None, None),
+        Stay(
+            who, "quan-pho", "", None, T0 - 3000, T0 - 60, "entry", "default_stay", None, None
+        ),  # margin only
     ]
     inside, before = await exporter.venue_rows(stays, from_s=T0, until_s=T0 + 3600)
     assert (inside.level, inside.overlap_min, inside.certainty, inside.zone) == (
