@@ -16,16 +16,18 @@ device clock's offset, estimated from the gateway's receive times (see there).
 Rules, for one subject's scans in time order:
 
 * An entry opens a stay at its site; the zone is the device's zone ('' when
-  the site has no zones). It is closed by the matching exit at the same site
-  (``exit``): the subject's next scan, same zone when both are known, for a
+  the site has no zones, and the device's current zone: devices keep no
+  history). The matching exit closes it (``exit``): the subject's next scan,
+  at the same site, in the same zone when both zones are known, for a
   vehicle not in a *different* trip, and at most :func:`longest_stay` later
   (a day; a month at lodgings, apartments and hospitals): an office exit two
-  days after the entry is a forgotten exit and a forgotten entry, two stays
-  of their own. Otherwise the entry is closed by the earliest of: the subject's next scan
+  days after the entry is a forgotten exit plus a forgotten entry, two stays.
+  Without one, the earliest bound closes it: the subject's next scan
   (``next_checkin``), the end of the vehicle trip containing the entry
-  (``trip_end``), the end of the shift containing the entry (``shift_end``),
-  and entry + the site's default stay (``default_stay``); ties go to the rule
-  named first.
+  (``trip_end``), the end of the shift containing the entry, or the coming
+  shift when the entry is at most 30 min before it starts (``shift_end``),
+  and entry + the site's default stay (``default_stay``); ties go to the
+  rule named first.
 * An exit without an open entry there starts at the latest of: exit − default
   stay (``exit_minus_default``), the subject's previous scan anywhere
   (``previous_checkin``) and, for a vehicle, the start of the trip containing
@@ -562,7 +564,7 @@ async def rebuild_stays(db: aiosqlite.Connection, subjects: Iterable[str], *, tz
             "DELETE FROM stays WHERE subject IN (SELECT value FROM json_each(?))", (subjects_json,)
         )
         await db.executemany(INSERT_STAY, stays)
-    logger.info("rebuilt %d stays of %d subjects", len(stays), len(wanted))
+    logger.debug("rebuilt %d stays of %d subjects", len(stays), len(wanted))
     return len(stays)
 
 

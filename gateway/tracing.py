@@ -15,21 +15,25 @@ presence.
 Finding the stays that overlap [s, e) at a site uses the index
 ``stays_place_time (site_id, start_s)`` as a range: ``start_s >= s − L AND
 start_s < e AND end_s > s``, where L bounds how long a stay at that site can
-be. L is per site (``max(end_s − start_s)`` of the site's stays), read in the
-same call, so one week-long hotel stay does not widen the scan at every bus,
-and nothing is cached that a rebuild could make stale. All probes of a level
-(every stay of the case, or of all F1s) go to SQLite in one query as a JSON
-array joined to the index.
+be: the longest stay there, per site, so one week-long hotel stay does not
+widen the scan at every bus. It is remembered per connection until the
+database changes (:func:`_longest_stays`).
+
+All probes of a level (the stays of the case, or of every F1) are merged per
+site into disjoint spans, and one query reads each stay starting in a span
+once, although the shifts of a factory's F1s overlap hundreds of times; numpy
+then matches candidates to probes, so no per-pair work is done in Python.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import groupby
 from operator import itemgetter
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -103,6 +107,8 @@ class _Probe:
 
 @dataclass(frozen=True, slots=True)
 class _SiteFacts:
+    """The contact threshold in force at a site and the longest stay there."""
+
     threshold_s: int
     max_stay_s: int
 
@@ -116,7 +122,11 @@ async def trace(
     levels: int = 2,
     threshold_s: int | None = None,
 ) -> TraceResult:
-    """F1 (and with ``levels=2`` F2) of ``subject`` from their stays in [since_s, until_s)."""
+    """F1 (and with ``levels=2`` F2) of ``subject`` from their stays in [since_s, until_s).
+
+    Overlaps are counted inside the window only. F2 starts from every stay of
+    every F1 in the window and leaves out the case and the F1s.
+    """
     if levels not in (1, 2):
         raise ValueError(f"levels must be 1 or 2, not {levels}")
     window = (since_s, until_s)
@@ -199,6 +209,9 @@ async def _site_facts(db: aiosqlite.Connection, sites: Iterable[str]) -> dict[st
 # the longest stay at a site costs a read of all its stays, and a busy market has 100k+.
 _LONGEST: WeakKeyDictionary[aiosqlite.Connection, tuple[tuple[int, int], dict[str, int]]]
 _LONGEST = WeakKeyDictionary()
+# Beyond this many sites to look up, one sequential pass over all stays is cheaper than
+# jumping through the place index site after site (F2 touches most busy sites).
+_SCAN_ALL_SITES = 64
 
 
 async def _longest_stays(db: aiosqlite.Connection, sites: Sequence[str]) -> dict[str, int]:
@@ -214,21 +227,36 @@ async def _longest_stays(db: aiosqlite.Connection, sites: Sequence[str]) -> dict
     known = cached[1] if cached is not None and cached[0] == state else {}
     _LONGEST[db] = (state, known)
     missing = [site for site in sites if site not in known]
-    if missing:
+    if len(missing) > _SCAN_ALL_SITES:
+        rows = await _fetch(
+            db, "SELECT site_id, max(end_s - start_s) FROM stays NOT INDEXED GROUP BY site_id", ()
+        )
+    elif missing:
         rows = await _fetch(
             db,
             "SELECT j.value, (SELECT max(end_s - start_s) FROM stays WHERE site_id = j.value) "
             "FROM json_each(?) j",
             (json.dumps(missing),),
         )
-        known.update((site, int(longest or 0)) for site, longest in rows)
-    return {site: known[site] for site in sites}
+    else:
+        rows = []
+    known.update((site, int(longest or 0)) for site, longest in rows)
+    return {site: known.get(site, 0) for site in sites}
 
+
+def _rank_sql(column: str, ranks: dict[str, int]) -> str:
+    whens = " ".join(f"WHEN '{rule}' THEN {rank}" for rule, rank in ranks.items())
+    return f"CASE {column} {whens} ELSE {_WEAKEST} END"
+
+
+_START_RANK = {start: _RANK[end] for start, end in START_AS_END.items()}
 
 # Candidates: every stay starting inside one of the spans (disjoint, so each stay comes
-# once), along the index stays_place_time; the outer loop is the spans (CROSS JOIN).
-_CANDIDATES = """
-SELECT t.site_id, t.start_s, t.end_s, t.subject, t.zone_id, t.trip_id, t.start_rule, t.end_rule
+# once), along the index stays_place_time; the outer loop is the spans (CROSS JOIN). Few
+# and small columns: half of the time goes into turning rows into Python objects.
+_CANDIDATES = f"""
+SELECT j.key, t.start_s, t.end_s, t.subject, t.zone_id, t.trip_id,
+       max({_rank_sql("t.start_rule", _START_RANK)}, {_rank_sql("t.end_rule", _RANK)})
 FROM json_each(?1) j CROSS JOIN stays t
 WHERE t.site_id = j.value ->> 0 AND t.start_s >= j.value ->> 1 AND t.start_s < j.value ->> 2
   AND t.end_s > j.value ->> 3
@@ -249,12 +277,15 @@ class _Window:
 
 
 class _SiteStays:
-    """Candidate stays of one site sorted by start, with numpy columns to match probes."""
+    """Candidate stays of one site sorted by start, with numpy columns to match probes.
+
+    Rows are (span, start_s, end_s, subject, zone_id, trip_id, rank).
+    """
 
     def __init__(self, rows: list[Any]) -> None:
         rows.sort(key=itemgetter(1))  # usually sorted already: spans come in index order
         self.rows = rows
-        _, start, end, _, zone, trip, _, _ = zip(*rows, strict=True)
+        _, start, end, _, zone, trip, _ = zip(*rows, strict=True)
         self.start = np.array(start, dtype=np.int64)
         self.end = np.array(end, dtype=np.int64)
         self.zones: dict[str, int] = {"": 0}
@@ -278,6 +309,23 @@ class _SiteStays:
         return (hits + i).tolist(), lo[hits].tolist(), hi[hits].tolist()
 
 
+@contextmanager
+def _bulk() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many objects without cycles.
+
+    With it on, it walks the young objects every 700 allocations and, as they
+    pile up, all of them again and again: a third of the time of a big F2.
+    Only around code that does not await, so nothing else runs meanwhile.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 async def _contacts(
     db: aiosqlite.Connection,
     probes: Sequence[_Probe],
@@ -288,29 +336,23 @@ async def _contacts(
     if not probes:
         return []
     windows = await _windows(db, probes, threshold_s)
-    rows = await _fetch(
-        db, _CANDIDATES, (json.dumps(_spans(windows)), json.dumps(sorted(excluded)))
-    )
-    by_site: dict[str, list[Any]] = defaultdict(list)
-    for row in rows:
-        by_site[row[0]].append(row)
-    sites = {site: _SiteStays(found) for site, found in by_site.items()}
-    ranks: dict[tuple[str, str], int] = {}
-    raw: list[_Raw] = []
-    for w in windows:
-        site = sites.get(w.probe.site_id)
-        if site is None:
-            continue
-        p = w.probe
-        for n, lo, hi in zip(*site.meeting(w), strict=True):
-            _, _, _, subject, zone, trip, start_rule, end_rule = site.rows[n]
-            rank = ranks.get((start_rule, end_rule))
-            if rank is None:
-                rank = ranks[(start_rule, end_rule)] = stay_rank(start_rule, end_rule)
-            trip_id = p.trip_id if trip is None else trip
-            rank = max(rank, p.rank)
-            raw.append((subject, lo, hi, p.site_id, p.subject, zone or p.zone_id, trip_id, rank))
-    return raw
+    spans = _spans(windows)
+    rows = await _fetch(db, _CANDIDATES, (json.dumps(spans), json.dumps(sorted(excluded))))
+    with _bulk():
+        by_site: dict[str, list[Any]] = defaultdict(list)
+        for row in rows:
+            by_site[spans[row[0]][0]].append(row)
+        sites = {site: _SiteStays(found) for site, found in by_site.items()}
+        return [raw for w in windows if w.probe.site_id in sites for raw in _met(sites, w)]
+
+
+def _met(sites: dict[str, _SiteStays], w: _Window) -> Iterator[_Raw]:
+    site = sites[w.probe.site_id]
+    p = w.probe
+    for n, lo, hi in zip(*site.meeting(w), strict=True):
+        _, _, _, subject, zone, trip, rank = site.rows[n]
+        trip_id = p.trip_id if trip is None else trip
+        yield (subject, lo, hi, p.site_id, p.subject, zone or p.zone_id, trip_id, max(rank, p.rank))
 
 
 async def _windows(
@@ -344,14 +386,19 @@ def _spans(windows: Sequence[_Window]) -> list[list[object]]:
 
 
 def _exposed(raw: list[_Raw], *, level: int) -> tuple[Exposed, ...]:
-    raw.sort(key=itemgetter(0, 1, 2, 3, 4))
-    people = []
-    for subject, group in groupby(raw, key=itemgetter(0)):
-        contacts = tuple(
-            Contact(subject, site, zone, trip, start, end, end - start, via, CERTAINTY[rank])
-            for _, start, end, site, via, zone, trip, rank in group
-        )
-        total = sum(c.overlap_s for c in contacts)
-        people.append(Exposed(subject, level, total, contacts))
-    people.sort(key=lambda e: (-e.total_overlap_s, e.subject))
-    return tuple(people)
+    with _bulk():
+        by_subject: dict[str, list[_Raw]] = defaultdict(list)
+        for r in raw:
+            by_subject[r[0]].append(r)
+        people = [_one_exposed(subject, found, level) for subject, found in by_subject.items()]
+        people.sort(key=lambda e: (-e.total_overlap_s, e.subject))
+        return tuple(people)
+
+
+def _one_exposed(subject: str, raw: list[_Raw], level: int) -> Exposed:
+    raw.sort(key=itemgetter(1, 2, 3, 4))
+    contacts = tuple(
+        Contact(subject, site, zone, trip, start, end, end - start, via, CERTAINTY[rank])
+        for _, start, end, site, via, zone, trip, rank in raw
+    )
+    return Exposed(subject, level, sum(c.overlap_s for c in contacts), contacts)

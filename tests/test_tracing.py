@@ -393,9 +393,12 @@ async def test_candidates_come_from_the_place_index(db: aiosqlite.Connection) ->
     assert "stays_place_time (site_id=? AND start_s>? AND start_s<?)" in plan, plan
 
 
+@pytest.mark.parametrize("scan_all", [False, True], ids=["site by site", "one scan"])
 async def test_stays_written_after_a_trace_are_found(
-    db: aiosqlite.Connection, tmp_path: Path
+    db: aiosqlite.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scan_all: bool
 ) -> None:
+    # How the longest stay per site is found: through the place index, or one scan of all.
+    monkeypatch.setattr(tracing, "_SCAN_ALL_SITES", 0 if scan_all else 1000)
     await add_sites(db, [("inn", "lodging", None)])
     await add_stays(db, [stay("case", "inn", 10, 11), stay("short", "inn", 10, 11)])
     day = {"since_s": at(0), "until_s": at(24)}
