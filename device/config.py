@@ -8,31 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from broker.messages import DeviceId
-from broker.secrets import read_password
+from broker.secrets import BrokerLogin
 from broker.settings import DeviceSettings, FileSourceConfig
 from device.errors import ConfigError
 
 
-class BrokerConfig(BaseModel):
-    """Where the site broker is and how this device logs in."""
+class BrokerConfig(BrokerLogin):
+    """Where the site broker is and how this device logs in (its user is its device id)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str = "127.0.0.1"
-    port: int = Field(1883, ge=1, le=65535)
     username: DeviceId
-    password_file: Path | None = Field(
-        None, description="File holding the broker password; else $QRGATE_BROKER_PASSWORD."
-    )
-    keepalive_s: int = Field(15, ge=5, le=600)
-    session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
-
-    def password(self) -> str:
-        """Read the broker password from its file or the environment."""
-        return read_password(self.password_file)
 
 
 class DeviceConfig(DeviceSettings):

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from broker.messages import DeviceId
-from broker.secrets import read_password
+from broker.secrets import BrokerLogin
 from gateway.errors import ConfigError
 from gateway.registry import SiteEntry
 
@@ -27,22 +27,11 @@ class DeviceEntry(_Model):
     zone: str = Field("", max_length=64, description="Zone of the site this gate opens into.")
 
 
-class GatewayBrokerConfig(_Model):
+class GatewayBrokerConfig(BrokerLogin):
     """Where the site broker is and how the gateway logs in."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(1883, ge=1, le=65535)
     username: str = Field("gateway", min_length=1, max_length=64)
     client_id: str = Field("qrgate-gateway", min_length=1, max_length=64)
-    password_file: Path | None = Field(
-        None, description="File holding the broker password; else $QRGATE_BROKER_PASSWORD."
-    )
-    keepalive_s: int = Field(15, ge=5, le=600)
-    session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
-
-    def password(self) -> str:
-        """Read the broker password from its file or the environment."""
-        return read_password(self.password_file)
 
 
 class GatewayConfig(_Model):
