@@ -50,8 +50,8 @@ import bisect
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
@@ -516,24 +516,9 @@ def _in_time_order(scans: list[ScanRow], unsynced: bool) -> list[ScanRow]:
     return scans
 
 
-@asynccontextmanager
-async def _immediate(db: aiosqlite.Connection, what: str) -> AsyncIterator[None]:
-    """One write transaction; any failure rolls it back, a database error as StoreError."""
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        await db.execute("COMMIT")
-    except BaseException as exc:
-        if db.in_transaction:
-            await db.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.Error):
-            raise StoreError(f"cannot {what}: {exc}") from exc
-        raise
-
-
 @contextmanager
 def _immediate_sync(conn: sqlite3.Connection, what: str) -> Iterator[None]:
-    """:func:`_immediate` on a plain sqlite3 connection."""
+    """One write transaction; any failure rolls it back, a database error as StoreError."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -551,37 +536,48 @@ async def rebuild_stays(db: aiosqlite.Connection, subjects: Iterable[str], *, tz
 
     Runs ``BEGIN IMMEDIATE ... COMMIT`` on the caller's writer connection, so
     nothing else may use that connection meanwhile. Returns the stays written.
+    The whole rebuild is one call on aiosqlite's thread (see
+    :func:`rebuild_stays_sync`).
+    """
+    wanted = list(subjects)
+    conn = db._conn  # aiosqlite has no public API for this; only its own thread uses it
+    written: int = await db._execute(  # type: ignore[no-untyped-call]
+        lambda: rebuild_stays_sync(conn, wanted, tz=tz)
+    )
+    return written
+
+
+def rebuild_stays_sync(conn: sqlite3.Connection, subjects: Iterable[str], *, tz: tzinfo) -> int:
+    """:func:`rebuild_stays` on a plain sqlite3 connection (the writer's own thread).
+
+    One hand-off instead of a round trip per statement: under a busy CPU each
+    round trip waits for the event loop and the thread to be scheduled again,
+    and the writer stays held all that while.
     """
     wanted = sorted({s for s in subjects if s})
     subjects_json = json.dumps(wanted)
-    async with _immediate(db, "rebuild stays"):
+    with _immediate_sync(conn, "rebuild stays"):
         where = "c.subject IN (SELECT value FROM json_each(?))"
-        rows = await _fetch(db, _CHECKINS.format(where=where), (subjects_json,))
-        places = await _places_for(db, rows)
-        rules = await load_rules(db, sites={row[2] for row in rows})
+        rows = conn.execute(_CHECKINS.format(where=where), (subjects_json,)).fetchall()
+        places = _places_for(conn, rows)
+        rules = load_rules_sync(conn, sites={row[2] for row in rows})
         stays = [s for subj, scans in places.scans(rows) for s in stay_rows(subj, scans, rules, tz)]
-        await db.execute(
+        conn.execute(
             "DELETE FROM stays WHERE subject IN (SELECT value FROM json_each(?))", (subjects_json,)
         )
-        await db.executemany(INSERT_STAY, stays)
+        conn.executemany(INSERT_STAY, stays)
     logger.debug("rebuilt %d stays of %d subjects", len(stays), len(wanted))
     return len(stays)
 
 
-async def _fetch(db: aiosqlite.Connection, sql: str, params: Sequence[object] = ()) -> list[Any]:
-    async with db.execute(sql, params) as cur:
-        return list(await cur.fetchall())
-
-
-async def _places_for(db: aiosqlite.Connection, rows: Sequence[Any]) -> _Places:
-    zones = {str(d): str(z) for d, z in await _fetch(db, _ZONED_DEVICES)}
+def _places_for(conn: sqlite3.Connection, rows: Sequence[Any]) -> _Places:
+    zones = {str(d): str(z) for d, z in conn.execute(_ZONED_DEVICES).fetchall()}
     # The offset of a device clock needs all of its unsynced check-ins, not only these.
     devices = sorted({row[3] for row in rows if not row[6]})
-    unsynced = await _fetch(
-        db,
+    unsynced = conn.execute(
         _UNSYNCED + " WHERE device_id IN (SELECT value FROM json_each(?)) AND clock_synced = 0",
         (json.dumps(devices),),
-    )
+    ).fetchall()
     return _Places(zones, clock_corrections(unsynced))
 
 

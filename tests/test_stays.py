@@ -13,6 +13,7 @@ import pytest
 
 from gateway.categories import DEFAULTS, Category
 from gateway.errors import StoreError
+from gateway.staykeeper import CHUNK_TARGET_S, MAX_CHUNK, MIN_CHUNK, StayKeeper, next_chunk
 from gateway.stays import (
     Scan,
     SiteRules,
@@ -474,3 +475,41 @@ async def test_rebuild_all_stays_in_small_pages_matches_rebuild_stays(
     finally:
         conn.close()
     assert await stays_table(db) == expected
+
+
+async def test_stay_keeper_rebuilds_marked_subjects_in_chunks(db: aiosqlite.Connection) -> None:
+    await seed_day(db)
+    keeper = StayKeeper(SQLiteStore(db, Path("tracing.db")), tz=TZ, first_chunk=1)
+    keeper.mark({"ann", "bob"})
+    keeper.mark({"cat", "dan", ""})
+    assert await keeper.flush() == 5
+    assert await stays_table(db) == EXPECTED_DAY
+    assert keeper.rebuilt == 5
+    assert not db.in_transaction
+    assert await keeper.flush() == 0, "nothing is marked twice"
+
+
+async def test_stay_keeper_keeps_subjects_marked_when_a_rebuild_fails(
+    db: aiosqlite.Connection,
+) -> None:
+    await seed_day(db)
+    keeper = StayKeeper(SQLiteStore(db, Path("tracing.db")), tz=TZ, first_chunk=2)
+    await db.execute(
+        "CREATE TRIGGER no_stays BEFORE INSERT ON stays BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    keeper.mark({"ann", "bob", "cat", "dan"})
+    with pytest.raises(StoreError, match="cannot rebuild stays"):
+        await keeper.flush()
+    assert not db.in_transaction
+    await db.execute("DROP TRIGGER no_stays")
+    assert await keeper.flush() == 4, "the failed subjects are rebuilt next round"
+    assert await stays_table(db) == EXPECTED_DAY
+
+
+def test_keeper_chunks_follow_the_time_they_take() -> None:
+    target = CHUNK_TARGET_S
+    assert next_chunk(100, target) == 100
+    assert next_chunk(100, target * 4) == 25, "a slow chunk shrinks the next"
+    assert next_chunk(100, target / 10) == 200, "a fast one at most doubles it"
+    assert next_chunk(100, 10.0) == MIN_CHUNK
+    assert next_chunk(MAX_CHUNK, 0.0) == MAX_CHUNK

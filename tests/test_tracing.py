@@ -219,11 +219,17 @@ async def store_world(db: aiosqlite.Connection, world: World) -> list[Stay]:
 
 
 SEEDS = range(30)
+# Per seed, how many longest stays of a site are read apart from the lookback: all of
+# them (small worlds), none (every stay through the lookback), or a mix.
+LONG_STAYS = (1000, 0, 3)
 
 
-async def test_trace_matches_a_brute_force_oracle(tmp_path: Path) -> None:
+async def test_trace_matches_a_brute_force_oracle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen = {"f1": 0, "f2": 0, "trip": 0, "zone": 0, "exit_only": 0, "missing_exit": 0}
     for seed in SEEDS:
+        monkeypatch.setattr(tracing, "LONG_STAYS", LONG_STAYS[seed % len(LONG_STAYS)])
         rng = random.Random(seed)
         world = random_world(rng)
         store = await SQLiteStore.open(tmp_path / f"world-{seed}.db")
@@ -301,6 +307,36 @@ async def test_f2_is_one_level_further_and_no_more(db: aiosqlite.Connection) -> 
     assert totals(before_b_moves) == ({"B": 30 * M}, {})
 
 
+async def test_subjects_of_any_length_and_script(db: aiosqlite.Connection) -> None:
+    # Subjects are read from SQLite end to end and split by length; keys of one length
+    # take a faster path than these: "ann", "bob", "Đa" are all 3 bytes, not all ASCII.
+    key32, key64 = "0f" * 16, "e1" * 32
+    await add_sites(db, [(s, "restaurant", None) for s in ("s1", "s2")])
+    # Two days before, enough longer stays that those below are not among a site's
+    # longest (read apart, one row each) but read as the bulk of stays are.
+    earlier = [
+        stay(f"e{n}", s, -48, -46) for n in range(tracing.LONG_STAYS + 1) for s in ("s1", "s2")
+    ]
+    await add_stays(
+        db,
+        [
+            *earlier,
+            stay("ann", "s1", 10, 11),
+            stay("Đa", "s1", 10.5, 12),
+            stay("bob", "s1", 10.25, 11),
+            stay("Đa", "s2", 13, 14),
+            stay(key32, "s2", 13.5, 15),
+            stay(key64, "s2", 13, 14),
+        ],
+    )
+    result = await trace(db, "ann", since_s=at(0), until_s=at(24))
+    assert totals(result) == ({"bob": 45 * M, "Đa": 30 * M}, {key64: 60 * M, key32: 30 * M})
+    assert [(c.subject, c.via) for e in result.f2 for c in e.contacts] == [
+        (key64, "Đa"),
+        (key32, "Đa"),
+    ]
+
+
 async def test_threshold_from_category_site_or_argument(db: aiosqlite.Connection) -> None:
     await add_sites(
         db, [("cafe", "restaurant", None), ("bar", "nightlife", None), ("desk", "office", 300)]
@@ -369,13 +405,16 @@ async def test_venue_exposure_with_margin(db: aiosqlite.Connection) -> None:
             stay("starts-at-margin", "inn", 14, 15),
             stay("starts-after", "inn", 14.01, 15),
             stay("elsewhere", "cafe", 12, 13),
+            stay("upstairs", "inn", 12.5, 13, zone="floor-2"),  # every zone of the site
+            stay("downstairs", "inn", 15, 16, zone="floor-1"),
         ],
     )
     found = await venue_exposure(db, "inn", from_s=at(12), until_s=at(13))
-    assert [s.subject for s in found] == ["guest", "ends-at-margin", "starts-at-margin"]
+    subjects = ["guest", "ends-at-margin", "upstairs", "starts-at-margin"]
+    assert [s.subject for s in found] == subjects
     assert found[1] == stay("ends-at-margin", "inn", 9, 11)
     exact = await venue_exposure(db, "inn", from_s=at(12), until_s=at(13), margin_s=0)
-    assert [s.subject for s in exact] == ["guest"]
+    assert [s.subject for s in exact] == ["guest", "upstairs"]
 
 
 async def test_unknown_subject_has_no_contacts(db: aiosqlite.Connection) -> None:
@@ -385,20 +424,30 @@ async def test_unknown_subject_has_no_contacts(db: aiosqlite.Connection) -> None
         await trace(db, "nobody", since_s=at(0), until_s=at(24), levels=3)
 
 
-async def test_candidates_come_from_the_place_index(db: aiosqlite.Connection) -> None:
-    async with db.execute("EXPLAIN QUERY PLAN " + tracing._CANDIDATES, ("[]", "[]")) as cur:
-        plan = " | ".join(str(row[3]) for row in await cur.fetchall())
-    # The spans drive the join; each span is one bounded range of the place index.
-    assert plan.index("SCAN j ") < plan.index("stays_place_time"), plan
-    assert "stays_place_time (site_id=? AND start_s>? AND start_s<?)" in plan, plan
+async def test_candidates_come_from_the_place_indexes(db: aiosqlite.Connection) -> None:
+    plans = []
+    for sql in (tracing._CANDIDATES, tracing._LONG_CANDIDATES):
+        async with db.execute("EXPLAIN QUERY PLAN " + sql, ("[]",)) as cur:
+            plans.append(" | ".join(str(row[3]) for row in await cur.fetchall()))
+    short, long = plans
+    # The reads drive the join; each is one bounded range of the covering index.
+    assert short.index("SCAN r") < short.index("stays_place_cover"), short
+    assert (
+        "COVERING INDEX stays_place_cover (site_id=? AND zone_id=? AND start_s>? AND start_s<?)"
+        in short
+    ), short
+    # The long stays of a site are the top of the length index.
+    assert "stays_place_len (site_id=? AND <expr>>?)" in long, long
+    async with db.execute("EXPLAIN QUERY PLAN " + tracing._SITE_FACTS, ("[]", 5)) as cur:
+        facts = " | ".join(str(row[3]) for row in await cur.fetchall())
+    assert "stays_place_len (site_id=?)" in facts and "TEMP B-TREE" not in facts, facts
 
 
-@pytest.mark.parametrize("scan_all", [False, True], ids=["site by site", "one scan"])
+@pytest.mark.parametrize("long_stays", [0, 1000], ids=["lookback", "read apart"])
 async def test_stays_written_after_a_trace_are_found(
-    db: aiosqlite.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scan_all: bool
+    db: aiosqlite.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, long_stays: int
 ) -> None:
-    # How the longest stay per site is found: through the place index, or one scan of all.
-    monkeypatch.setattr(tracing, "_SCAN_ALL_SITES", 0 if scan_all else 1000)
+    monkeypatch.setattr(tracing, "LONG_STAYS", long_stays)
     await add_sites(db, [("inn", "lodging", None)])
     await add_stays(db, [stay("case", "inn", 10, 11), stay("short", "inn", 10, 11)])
     day = {"since_s": at(0), "until_s": at(24)}
@@ -417,3 +466,31 @@ async def test_stays_written_after_a_trace_are_found(
     await add_stays(db, [stay("resident", "inn", -24 * 30, 10.5)])
     found = totals(await trace(db, "case", **day))[0]
     assert found == {"short": H, "guest": H, "resident": 30 * M}
+
+
+async def test_long_stays_are_found_beyond_the_lookback(
+    db: aiosqlite.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A clinic: many 1 h visits, and residents of days; only the 2 longest are read apart,
+    # so the lookback is the 3rd longest stay (2 days): the 5-day stay is found only apart.
+    monkeypatch.setattr(tracing, "LONG_STAYS", 2)
+    await add_sites(db, [("clinic", "healthcare", None)])
+    visits = [stay(f"v{n:02d}", "clinic", n / 2 - 10, n / 2 - 9) for n in range(40)]
+    residents = [
+        stay("r5days", "clinic", -5 * 24, 12),
+        stay("r3days", "clinic", -3 * 24, 9.5),
+        stay("r2days", "clinic", -2 * 24 + 10.25, 10.25),
+        stay("r1day", "clinic", -24 + 10.5, 10.5),
+    ]
+    await add_stays(db, [stay("case", "clinic", 9, 11), *visits, *residents])
+    result = await trace(db, "case", since_s=at(0), until_s=at(24), levels=1)
+    assert totals(result)[0] == {
+        "r5days": 2 * H,
+        "r3days": 30 * M,
+        "r2days": 75 * M,
+        "r1day": 90 * M,
+        "v37": 30 * M,
+        "v38": H,
+        "v39": H,
+    }
+    assert [len(e.contacts) for e in result.f1] == [1] * 7
