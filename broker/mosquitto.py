@@ -27,9 +27,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from broker.errors import BrokerConfigError
+from broker import enrollment
+from broker.errors import BrokerConfigError, PasswordFileError
 from broker.messages import MAX_CONFIG_BYTES
-from broker.passwords import write_password_file, write_private_file
+from broker.passwords import check_username, hash_password, verify_password, write_private_file
 from broker.tls import TlsListener
 from broker.topics import DEVICE_ID_PATTERN, Channel, acl_pattern, all_devices
 
@@ -86,6 +87,7 @@ class BrokerLayout:
     port: int
     host: str
     tls: TlsListener | None = None
+    pid_file: Path | None = None
 
 
 def layout_for(directory: Path, *, port: int, host: str = "127.0.0.1") -> BrokerLayout:
@@ -98,6 +100,7 @@ def layout_for(directory: Path, *, port: int, host: str = "127.0.0.1") -> Broker
         acl_file=directory / "acl",
         data_dir=directory / "data",
         log_file=directory / "mosquitto.log",
+        pid_file=directory / "mosquitto.pid",
         port=port,
         host=host,
     )
@@ -112,12 +115,16 @@ def write_broker_config(
     host: str = "127.0.0.1",
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
     tls: TlsListener | None = None,
+    revoked_users: Iterable[str] = (),
 ) -> BrokerLayout:
     """Write conf, password file and ACL for ``users`` (every user -> plain password).
 
     ``gateway_users`` names the users that get gateway rights; all others are
-    devices. Raises :class:`BrokerConfigError` for an unsafe user name, a
-    gateway user without a password, or an invalid listener.
+    devices. ``revoked_users`` (revoked devices) are denied every topic, which
+    also stops a device that logs in with a still-valid certificate. Files whose
+    content would not change are left alone, so a re-run changes nothing.
+    Raises :class:`BrokerConfigError` for an unsafe user name, a gateway user
+    without a password, or an invalid listener.
     """
     gateways = sorted(set(gateway_users))
     _check_users(gateways, users)
@@ -126,9 +133,10 @@ def write_broker_config(
     _check_path(layout.directory)
     layout.directory.mkdir(parents=True, exist_ok=True)
     layout.data_dir.mkdir(mode=0o700, exist_ok=True)
-    write_password_file(layout.password_file, users)
-    write_private_file(layout.acl_file, render_acl(gateways))
-    write_private_file(layout.conf, render_conf(layout, max_packet_size=max_packet_size))
+    revoked = sorted(set(revoked_users) - set(users))
+    _write_if_changed(layout.password_file, render_password_file(users, layout.password_file))
+    _write_if_changed(layout.acl_file, render_acl(gateways, revoked))
+    _write_if_changed(layout.conf, render_conf(layout, max_packet_size=max_packet_size))
     logger.info(
         "wrote broker config %s: %d gateway users, %d devices, listener %s:%d",
         layout.conf,
@@ -173,16 +181,62 @@ def _check_path(directory: Path) -> None:
         raise BrokerConfigError(f"invalid broker directory {str(directory)!r}")
 
 
-def render_acl(gateway_users: Iterable[str]) -> str:
-    """The ACL file: device patterns for everyone, wildcard rights for gateway users."""
+def render_password_file(users: Mapping[str, str], previous: Path | None = None) -> str:
+    """The password file text; a user whose password still matches its hash in ``previous``
+    keeps that hash (and salt), so an unchanged set of users gives the same text."""
+    known = _read_hashes(previous) if previous is not None else {}
+    lines = []
+    for name in sorted(users):
+        old = known.get(check_username(name))
+        keep = old is not None and _matches(users[name], old)
+        lines.append(f"{name}:{old if keep else hash_password(users[name])}\n")
+    return "".join(lines)
+
+
+def _read_hashes(path: Path) -> dict[str, str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {name: encoded for name, encoded in pairs}
+
+
+def _matches(password: str, encoded: str) -> bool:
+    try:
+        return verify_password(password, encoded)
+    except PasswordFileError:
+        return False  # a damaged line is simply rewritten
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except FileNotFoundError:
+        pass
+    write_private_file(path, text)
+
+
+def render_acl(gateway_users: Iterable[str], revoked_users: Iterable[str] = ()) -> str:
+    """The ACL file: device patterns for everyone, wildcard rights for gateway users.
+
+    A revoked user is denied everything: in Mosquitto a matching ``deny`` line of
+    the user wins over the patterns, and a reload applies it to a client that
+    is already connected, from its next publish on.
+    """
     lines = [
         "# Generated by qrgate (broker/mosquitto.py); edits are overwritten.",
         "# Patterns apply to every user; %u is the connecting user's name.",
     ]
     lines += [f"pattern {access} {acl_pattern(channel)}" for access, channel in _DEVICE_RIGHTS]
+    lines += enrollment.acl_patterns()
     for name in gateway_users:
         lines += ["", f"user {check_user_name(name)}"]
         lines += [f"topic {access} {all_devices(channel)}" for access, channel in _GATEWAY_RIGHTS]
+        lines += enrollment.gateway_acl_topics()
+    for name in sorted(set(revoked_users)):
+        lines += ["", "# revoked", f"user {check_user_name(name)}", "topic deny #"]
     return "\n".join(lines) + "\n"
 
 
@@ -192,6 +246,7 @@ def render_conf(layout: BrokerLayout, *, max_packet_size: int = DEFAULT_MAX_PACK
         "# Generated by qrgate (broker/mosquitto.py); edits are overwritten.",
         "per_listener_settings false",
         *_user_lines(),
+        *([f"pid_file {layout.pid_file}"] if layout.pid_file is not None else []),
         f"listener {layout.port} {layout.host}",
         "allow_anonymous false",
         f"password_file {layout.password_file}",
@@ -232,6 +287,7 @@ def _tls_lines(tls: TlsListener, host: str) -> list[str]:
         "require_certificate true",
         "use_identity_as_username true",
         "tls_version tlsv1.2",
+        *([f"crlfile {tls.crl_file}"] if tls.crl_file is not None else []),
     ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from broker.errors import BrokerError
 
@@ -32,6 +32,24 @@ def read_password(password_file: Path | None, *, env: str = PASSWORD_ENV) -> str
     return secret
 
 
+class TlsFiles(BaseModel):
+    """TLS to the broker: the site CA, and optionally this client's certificate as its login."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: Path = Field(description="PEM certificate of the site CA that signed the broker's.")
+    cert_file: Path | None = Field(
+        None, description="PEM client certificate; its common name is the broker user name."
+    )
+    key_file: Path | None = Field(None, description="PEM private key of cert_file (a secret).")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsFiles:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file go together: set both or neither")
+        return self
+
+
 class BrokerLogin(BaseModel):
     """Where the site broker is and how a client proves who it is; the two sides add a user."""
 
@@ -44,7 +62,16 @@ class BrokerLogin(BaseModel):
     )
     keepalive_s: int = Field(15, ge=5, le=600)
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
+    tls: TlsFiles | None = Field(
+        None, description="Connect over TLS; with a client certificate no password is needed."
+    )
 
     def password(self) -> str:
-        """Read the broker password from its file or the environment."""
+        """Read the broker password from its file or the environment.
+
+        A client certificate is the login on a listener with ``use_identity_as_username``, so
+        with one and no password configured the password is empty instead of missing.
+        """
+        if self.tls is not None and self.tls.cert_file is not None and self.password_file is None:
+            return os.environ.get(PASSWORD_ENV, "")
         return read_password(self.password_file)

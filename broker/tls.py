@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +147,37 @@ def device_certificate(ca: KeyPair, device_id: str) -> KeyPair:
     return _leaf(ca, check_device_id(device_id), ExtendedKeyUsageOID.CLIENT_AUTH, [])
 
 
+def certificate_revocation_list(ca: KeyPair, serials: Iterable[int]) -> bytes:
+    """A CRL (PEM) signed by ``ca`` listing ``serials``; empty is valid and means none.
+
+    Mosquitto reads its ``crlfile`` again on every reload (SIGHUP), so a revoked
+    device certificate is refused at the next handshake.
+    """
+    now = _now()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now)
+        # OpenSSL refuses every client once a CRL has expired: it is rewritten on each change.
+        .next_update(now + dt.timedelta(days=365 * CA_YEARS))
+    )
+    for serial in sorted(set(serials)):
+        revoked = (
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+        builder = builder.add_revoked_certificate(revoked)
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def revoked_serials(crl_file: Path) -> set[int]:
+    """The serial numbers a CRL file lists."""
+    try:
+        crl = x509.load_pem_x509_crl(crl_file.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise TlsError(f"cannot load CRL {crl_file}: {exc}") from None
+    return {entry.serial_number for entry in crl}
+
+
 @dataclass(frozen=True)
 class TlsListener:
     """A TLS listener on which devices log in with their client certificate."""
@@ -154,3 +186,4 @@ class TlsListener:
     ca_file: Path
     cert_file: Path
     key_file: Path
+    crl_file: Path | None = None

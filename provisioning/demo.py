@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import random
+import secrets
 import shutil
 import signal
 import sqlite3
@@ -25,6 +26,8 @@ from pathlib import Path
 from broker.launcher import Mosquitto, free_port
 from broker.settings import FileSourceConfig
 from device.decision import initials
+from gateway import users
+from gateway.config import GatewayConfig, load_config
 from gateway.identity import pseudonym, read_subject_key
 from provisioning.census import Census, take_census
 from provisioning.people import NOT_CREDENTIALS, Person, synthetic_people, write_frames
@@ -210,9 +213,32 @@ def demo_trace(site: Site, index: Person, since: datetime) -> str:
     )
 
 
+def enable_dashboard(site: Site, port: int) -> tuple[str, Path]:
+    """Serve the gateway's dashboard on ``port`` with an admin whose password goes to a secret."""
+    config = json.loads(site.gateway_config.read_text(encoding="utf-8"))
+    config["web"] = {"enabled": True, "host": "127.0.0.1", "port": port}
+    site.gateway_config.write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n")
+    password = secrets.token_urlsafe(18)
+    secret = site.directory / "secrets" / "dashboard-admin.password"
+    secret.touch(mode=0o600)
+    secret.write_text(password + "\n", encoding="utf-8")
+    asyncio.run(_add_admin(load_config(site.gateway_config), password))
+    return f"http://127.0.0.1:{port}/", secret
+
+
+async def _add_admin(config: GatewayConfig, password: str) -> None:
+    db = await users.connect_or_create(config)
+    try:
+        await users.add_user(db, "admin", users.Role.ADMIN, password, [])
+    finally:
+        await db.close()
+
+
 def run_demo(workdir: Path, *, duration: float, people: int = 40, seed: int = 7) -> int:
     """The whole demo; returns the process exit code (0 when nothing was lost)."""
     site = build_site(workdir.resolve(), people=people, seed=seed, interval_s=0.4)
+    url, secret = enable_dashboard(site, free_port())
+    print(f"dashboard {url} (user admin, password in {secret})")
     started = datetime.now(UTC)
     asyncio.run(run_site(site, duration))
     census = take_census(site.database, {d: site.outbox(d) for d in site.device_ids})

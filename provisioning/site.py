@@ -1,96 +1,40 @@
-"""Create a site on disk: broker config and users, gateway config, one config per device.
+"""Create a site on disk: identity, site CA, broker, gateway, badge key; then its devices.
 
 Layout of a site folder::
 
-    site.json                 what was generated (ids, port), no secrets
-    secrets/                  mode 0700: broker passwords, the subject-hash key
-    broker/                   mosquitto.conf, passwd ($7$ hashes), acl, data/
+    site.json                 the manifest (provisioning.manifest): ids, ports, devices; no secrets
+    secrets/                  mode 0700: broker passwords, device and CA keys, subject-hash key,
+                              authority key, badge-issuer key
+    pki/                      ca.pem, broker.pem, crl.pem, devices/<id>.pem
+    broker/                   mosquitto.conf, passwd ($7$ hashes), acl, data/, mosquitto.pid
     gateway/gateway.json      gateway config; tracing.db is created beside it
     devices/<id>/device.json  device config; outbox.db is created beside it
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel
 
-from broker.mosquitto import BrokerLayout, write_broker_config
-from broker.passwords import new_password, write_private_file
+from broker.passwords import new_password
 from broker.sealing import new_authority_key
-from broker.settings import (
-    FileSourceConfig,
-    Picamera2SourceConfig,
-    PolicyConfig,
-    PrivacyConfig,
-    SignalsConfig,
-)
 from broker.topics import check_device_id
-from device.config import BrokerConfig, DeviceConfig
 from gateway.categories import Category
-from gateway.config import DeviceEntry, GatewayBrokerConfig, GatewayConfig
+from gateway.config import GatewayBrokerConfig, GatewayConfig
 from gateway.registry import SiteEntry
+from provisioning.badges import generate_issuer_key
+from provisioning.devices import DeviceSpec, add_devices
 from provisioning.errors import ProvisioningError, SiteExists
+from provisioning.layout import GATEWAY_USER, Site, open_site, site_of, write_secret
+from provisioning.manifest import MANIFEST_NAME, SiteManifest, save_manifest
+from provisioning.pki import create_pki
 
-GATEWAY_USER = "gateway"
+__all__ = ["GATEWAY_USER", "DeviceSpec", "Site", "create_site", "open_site"]
 
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    """What a technician says about one device."""
-
-    device_id: str
-    gate: str = ""
-    direction: Literal["in", "out"] = "in"
-    frame_source: FileSourceConfig | Picamera2SourceConfig = field(
-        default_factory=Picamera2SourceConfig
-    )
-    pin_factory: Literal["auto", "mock"] = "auto"
-    debounce_s: float = 3.0
-    ack_timeout_s: float = 10.0
-
-
-@dataclass(frozen=True)
-class Site:
-    """A generated site on disk."""
-
-    directory: Path
-    site_id: str
-    host: str
-    port: int
-    broker: BrokerLayout
-    device_ids: tuple[str, ...]
-
-    @property
-    def gateway_config(self) -> Path:
-        return self.directory / "gateway" / "gateway.json"
-
-    @property
-    def database(self) -> Path:
-        return self.directory / "gateway" / "tracing.db"
-
-    def device_dir(self, device_id: str) -> Path:
-        return self.directory / "devices" / device_id
-
-    def device_config(self, device_id: str) -> Path:
-        return self.device_dir(device_id) / "device.json"
-
-    def outbox(self, device_id: str) -> Path:
-        return self.device_dir(device_id) / "outbox.db"
-
-    @property
-    def authority_key(self) -> Path:
-        """The health authority's private key (demo and tests only hold it on site)."""
-        return self.directory / "secrets" / "authority.key"
-
-    def password(self, user: str) -> str:
-        """A broker user's password, from the site's secrets folder."""
-        return (self.directory / "secrets" / f"{user}.password").read_text().strip()
+DEFAULT_TLS_PORT = 8883
 
 
 def create_site(
@@ -102,112 +46,85 @@ def create_site(
     host: str = "127.0.0.1",
     extra_broker_users: Sequence[str] = (),
     site: SiteEntry | None = None,
+    tls_port: int | None = None,
+    device_host: str | None = None,
+    register: bool = False,
 ) -> Site:
     """Generate every file of a new site; refuses to overwrite an existing one.
 
+    ``tls_port`` adds a listener where devices log in with their certificate.
     ``extra_broker_users`` get broker credentials (device ACL) but are not
     registered at the gateway: what a revoked or foreign device looks like.
     ``site`` is registered at the gateway; by default a factory named after ``site_id``.
+    ``register`` also writes the devices' registry rows and desired configs into
+    the gateway's database (the CLI does; tests of the gateway let it register them).
     """
     check_device_id(site_id)
     entry = site or SiteEntry(site_id=site_id, name=site_id, category=Category.FACTORY)
     if entry.site_id != site_id:
         raise ProvisioningError(f"site entry {entry.site_id} is not site {site_id}")
-    if (directory / "site.json").exists():
+    if (directory / MANIFEST_NAME).exists():
         raise SiteExists(f"{directory} already holds a site; choose an empty folder")
-    ids = [check_device_id(d.device_id) for d in devices]
-    users = {name: new_password() for name in [GATEWAY_USER, *ids, *extra_broker_users]}
-    secrets_dir = _write_secrets(directory, users)
-    authority_public = _write_authority_key(secrets_dir)
-    layout = write_broker_config(
-        directory / "broker", port=port, gateway_users=[GATEWAY_USER], users=users, host=host
-    )
-    _write_gateway(directory, site_id, host, port, devices, entry)
-    for spec in devices:
-        _write_device(directory, site_id, host, port, spec, authority_public)
-    _write_json(
-        directory / "site.json",
-        {"site_id": site_id, "host": host, "port": port, "devices": ids},
-    )
-    return Site(directory, site_id, host, port, layout, tuple(ids))
-
-
-def _write_secrets(directory: Path, users: dict[str, str]) -> Path:
-    secrets_dir = directory / "secrets"
-    secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for user, password in users.items():
-        _write_secret(secrets_dir / f"{user}.password", password)
-    _write_secret(secrets_dir / "subject.key", secrets.token_hex(32))
-    return secrets_dir
-
-
-def _write_gateway(
-    directory: Path,
-    site_id: str,
-    host: str,
-    port: int,
-    devices: Sequence[DeviceSpec],
-    site: SiteEntry,
-) -> None:
-    config = GatewayConfig(
+    extra = [check_device_id(u) for u in extra_broker_users]
+    manifest = SiteManifest(
         site_id=site_id,
+        host=host,
+        device_host=device_host or host,
+        port=port,
+        tls_port=tls_port,
+        badge_key_id=f"{site_id[:29]}-k1",
+        unregistered_users=extra,
+    )
+    made = site_of(directory, manifest)
+    _write_secrets(made, [GATEWAY_USER, *extra])
+    _write_keys(made, manifest)
+    _write_gateway(made, entry)
+    create_pki(made, hosts=_server_names(manifest))
+    save_manifest(directory, manifest)
+    add_devices(made, devices, register=register)
+    return open_site(directory)
+
+
+def _server_names(manifest: SiteManifest) -> list[str]:
+    names = [manifest.device_host, manifest.host, "localhost", "127.0.0.1"]
+    return list(dict.fromkeys(n for n in names if n not in ("0.0.0.0", "::")))
+
+
+def _write_secrets(site: Site, users: Sequence[str]) -> None:
+    site.secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for user in users:
+        write_secret(site.password_file(user), new_password())
+    write_secret(site.subject_key, secrets.token_hex(32))
+
+
+def _write_keys(site: Site, manifest: SiteManifest) -> None:
+    """The health authority's key pair and the site's badge-signing key.
+
+    In the field the authority's private half goes to the health department and
+    only the public half stays on site.
+    """
+    private, public = new_authority_key()
+    write_secret(site.authority_key, private)
+    (site.secrets / "authority.pub").write_text(public + "\n", encoding="utf-8")
+    generate_issuer_key(manifest.badge_key_id).save(site.badge_key)
+
+
+def _write_gateway(site: Site, entry: SiteEntry) -> None:
+    config = GatewayConfig(
+        site_id=site.site_id,
         broker=GatewayBrokerConfig(
-            host=host,
-            port=port,
+            host=site.host if site.host not in ("0.0.0.0", "::") else "127.0.0.1",
+            port=site.port,
             username=GATEWAY_USER,
             password_file=Path("../secrets") / f"{GATEWAY_USER}.password",
         ),
         database=Path("tracing.db"),
-        devices=[
-            DeviceEntry(device_id=d.device_id, site_id=site_id, gate=d.gate, direction=d.direction)
-            for d in devices
-        ],
-        sites=[site],
+        devices=[],
+        sites=[entry],
     )
-    _write_model(directory / "gateway" / "gateway.json", config)
+    write_model(site.gateway_config, config)
 
 
-def _write_authority_key(secrets_dir: Path) -> str:
-    """The health authority's key pair; in the field the private half goes to the health
-    department and only the public half stays on site."""
-    private, public = new_authority_key()
-    _write_secret(secrets_dir / "authority.key", private)
-    (secrets_dir / "authority.pub").write_text(public + "\n", encoding="utf-8")
-    return public
-
-
-def _write_device(
-    directory: Path, site_id: str, host: str, port: int, spec: DeviceSpec, authority: str
-) -> None:
-    config = DeviceConfig(
-        device_id=spec.device_id,
-        site_id=site_id,
-        direction=spec.direction,
-        broker=BrokerConfig(
-            host=host,
-            port=port,
-            username=spec.device_id,
-            password_file=Path("../../secrets") / f"{spec.device_id}.password",
-        ),
-        frame_source=spec.frame_source,
-        signals=SignalsConfig(factory=spec.pin_factory),
-        policy=PolicyConfig(debounce_s=spec.debounce_s),
-        privacy=PrivacyConfig(authority_public_key=authority),
-        outbox_path=Path("outbox.db"),
-        subject_key_file=Path("../../secrets/subject.key"),
-        ack_timeout_s=spec.ack_timeout_s,
-    )
-    _write_model(directory / "devices" / spec.device_id / "device.json", config)
-
-
-def _write_model(path: Path, model: BaseModel) -> None:
+def write_model(path: Path, model: BaseModel) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(model.model_dump_json(indent=2) + "\n", encoding="utf-8")
-
-
-def _write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _write_secret(path: Path, value: str) -> None:
-    write_private_file(path, value + "\n")
