@@ -12,6 +12,8 @@ python -m gateway trace --config FILE (--subject KEY | --id-number N [--kind ccc
 python -m gateway venue --config FILE --site S --from TIME --until TIME [--margin-min 60] ...
 python -m gateway export-checkins --config FILE --site S --from TIME --until TIME ...
 python -m gateway purge --config FILE [--days N]
+python -m gateway rollout --config FILE [--month YYYY-MM] --format csv|xlsx|json --out FILE
+python -m gateway user add|passwd|list --config FILE [--username NAME --role R --site S]
 
 TIME is ISO 8601; without an offset it is local time in the config's time zone.
 """
@@ -30,7 +32,7 @@ from pydantic import ValidationError
 from broker.client import BusClient, PublishRefused
 from broker.errors import BrokerError
 from broker.settings import DeviceSettings
-from gateway import registry_cli, tracing_cli
+from gateway import registry_cli, rollout_cli, tracing_cli, users
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.fleet import ConfigPublisher
@@ -58,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--settings", type=Path, required=True, help="device settings (JSON)")
     tracing_cli.add_cli(sub)
     registry_cli.add_cli(sub)
+    rollout_cli.add_cli(sub)
+    users.add_cli(sub)
     return parser
 
 
@@ -118,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(tracing_cli.run_cli(args, config))
         elif args.command in registry_cli.COMMANDS:
             return asyncio.run(registry_cli.run_cli(args, config))
+        elif args.command in rollout_cli.COMMANDS:
+            return asyncio.run(rollout_cli.run_cli(args, config))
+        elif args.command in users.COMMANDS:
+            return asyncio.run(users.run_cli(args, config))
     except (GatewayError, BrokerError, PublishRefused) as exc:
         logger.error("%s", exc)
         return 2

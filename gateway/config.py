@@ -25,6 +25,11 @@ class DeviceEntry(_Model):
     gate: str = Field("", max_length=64, description="Gate name shown to operators.")
     direction: Literal["in", "out"] = "in"
     zone: str = Field("", max_length=64, description="Zone of the site this gate opens into.")
+    revoked_at: str | None = Field(
+        None,
+        description="When the device was revoked (ISO 8601 UTC): its row is kept for tracing, "
+        "everything it sends is refused.",
+    )
 
 
 class GatewayBrokerConfig(BrokerLogin):
@@ -32,6 +37,25 @@ class GatewayBrokerConfig(BrokerLogin):
 
     username: str = Field("gateway", min_length=1, max_length=64)
     client_id: str = Field("qrgate-gateway", min_length=1, max_length=64)
+
+
+class WebConfig(_Model):
+    """The dashboard and HTTP API the gateway serves (docs/dashboard.md)."""
+
+    enabled: bool = Field(False, description="Serve the dashboard and API.")
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0: every interface).")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port of the dashboard.")
+    session_ttl_s: int = Field(
+        8 * 3600, ge=60, le=7 * 86400, description="A login session expires after this long."
+    )
+    secure_cookies: bool = Field(
+        False, description="Mark the session cookie Secure (when served behind HTTPS)."
+    )
+    subject_key_file: Path | None = Field(
+        None,
+        description="Province subject-hash key: lets health officers trace by ID number "
+        "(without it, by pseudonym only).",
+    )
 
 
 class GatewayConfig(_Model):
@@ -53,6 +77,9 @@ class GatewayConfig(_Model):
     )
     retention_days: int = Field(
         30, ge=1, description="Check-ins, stays and refused messages older than this are purged."
+    )
+    web: WebConfig = Field(
+        default_factory=lambda: WebConfig(), description="Dashboard and HTTP API."
     )
     timezone: str = Field(
         "Asia/Ho_Chi_Minh", description="IANA time zone of the times in tracing exports."
@@ -100,4 +127,7 @@ def load_config(path: Path) -> GatewayConfig:
     if broker.password_file is not None and not broker.password_file.is_absolute():
         broker = broker.model_copy(update={"password_file": base / broker.password_file})
     database = config.database if config.database.is_absolute() else base / config.database
-    return config.model_copy(update={"broker": broker, "database": database})
+    web = config.web
+    if web.subject_key_file is not None and not web.subject_key_file.is_absolute():
+        web = web.model_copy(update={"subject_key_file": base / web.subject_key_file})
+    return config.model_copy(update={"broker": broker, "database": database, "web": web})

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
-from broker.client import BusClient
+from broker.client import BusClient, PublishRefused
 from broker.messages import encode_config_push
 from broker.settings import ConfigPush, DeviceSettings
 from broker.topics import Channel, device_topic
@@ -18,12 +20,18 @@ class UnknownDevice(GatewayError):
     """A config was addressed to a device the gateway has not registered."""
 
 
+# How often the gateway looks for desired configs written by other processes
+# (provisioning, a badge revocation): they reach running devices within this.
+FOLLOW_INTERVAL_S = 5.0
+
+
 class ConfigPublisher:
     """Stores a device's desired config under the next version and publishes it, retained."""
 
     def __init__(self, store: TracingStore, client: BusClient) -> None:
         self._store = store
         self._client = client
+        self._published: dict[str, int] = {}
 
     async def push(self, device_id: str, settings: DeviceSettings) -> int:
         """Make ``settings`` the device's desired config; returns the new version."""
@@ -41,6 +49,32 @@ class ConfigPublisher:
             await self._publish(device_id, push)
         return len(pushes)
 
+    async def publish_new(self) -> int:
+        """Publish the desired configs newer than what this publisher last published."""
+        pushes = await self._store.desired_configs()
+        fresh = {
+            device_id: push
+            for device_id, push in pushes.items()
+            if push.version > self._published.get(device_id, 0)
+        }
+        for device_id, push in fresh.items():
+            await self._publish(device_id, push)
+            logger.info("desired config version %d published to %s", push.version, device_id)
+        return len(fresh)
+
+    async def follow(self, stop: asyncio.Event, interval_s: float = FOLLOW_INTERVAL_S) -> None:
+        """Until ``stop``: publish configs that other processes stored in the database."""
+        while not stop.is_set():
+            try:
+                await self.publish_new()
+            except PublishRefused as exc:
+                logger.debug("desired configs not published yet: %s", exc)
+            except GatewayError as exc:
+                logger.warning("desired configs not published: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
+
     async def _publish(self, device_id: str, push: ConfigPush) -> None:
         topic = device_topic(device_id, Channel.CONFIG)
         await self._client.publish_confirmed(topic, encode_config_push(push), retain=True)
+        self._published[device_id] = max(push.version, self._published.get(device_id, 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from brokerkit import SyncClient
 from conftest import ROOT, SiteMaker, StartService, db_rows, wait_until
 from device.config import load_config
 from device.configsync import persisted_version
+from gateway.store import SQLiteStore
 from provisioning.site import Site
 
 
@@ -110,3 +112,34 @@ def test_push_apply_persist_report_and_refuse(
     assert device.stop() == 0
     restarted = services("device", config_path)
     restarted.wait_log("using pushed config version 1")
+
+
+def test_config_stored_by_another_process_reaches_the_running_device(
+    make_site: SiteMaker,
+    blank_frames: Path,
+    broker_for: Callable[[Site], Mosquitto],
+    services: StartService,
+) -> None:
+    """Provisioning and badge revocation write desired configs straight into the database."""
+    site = make_site([[blank_frames]])
+    config_path = site.device_config("gate-1")
+    config_path.write_text(config_path.read_text().replace('"loop": false', '"loop": true'))
+    broker_for(site)
+    services("gateway", site.gateway_config).wait_log("granted", 2)
+    services("device", config_path)
+    wait_until(lambda: device_row(site, "gate-1").get("status") == "online", "device online")
+
+    settings = load_config(config_path).settings()
+    revoked = settings.policy.model_copy(update={"revoked_badges": ["LOSTBADGE0001"]})
+    changed = settings.model_copy(update={"policy": revoked})
+
+    async def store_desired() -> int:
+        store = await SQLiteStore.open(site.database)
+        try:
+            return await store.add_desired_config("gate-1", changed)
+        finally:
+            await store.close()
+
+    version = asyncio.run(store_desired())
+    wait_until(lambda: device_row(site, "gate-1").get("version") == version, "version applied")
+    assert persisted_version(site.device_dir("gate-1")) == version

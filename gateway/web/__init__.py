@@ -1,0 +1,1 @@
+"""The gateway's dashboard and HTTP API (FastAPI, Jinja2 pages, Chart.js)."""
