@@ -1,14 +1,21 @@
 """The one seam where paho's network thread meets asyncio, for devices and the gateway alike.
 
 paho runs its own thread (``loop_start``); every paho callback does nothing but
-hand the event to the event loop with ``loop.call_soon_threadsafe``. Handlers
-given to :class:`BusClient` therefore always run on the event loop.
+hand the event to the event loop. Handlers given to :class:`BusClient` therefore
+always run on the event loop, in the order paho saw the events.
+
+The hand-off is per burst, not per event: a callback appends to a deque and
+only the first event of a burst schedules a drain with
+``loop.call_soon_threadsafe`` (each call writes to the loop's self-pipe and wakes
+it). Under load one wake-up then carries many messages; an idle client still
+hands each event over at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from broker.errors import BrokerError
+from broker.secrets import TlsFiles
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +64,8 @@ class ClientSettings:
     session_expiry_s: int = 7 * 24 * 3600
     max_queued: int = 5000
     max_inflight: int = 100
+    # TLS to the broker; with a client certificate the certificate is the login.
+    tls: TlsFiles | None = None
 
     def __repr__(self) -> str:  # never show the password in logs or tracebacks
         return f"ClientSettings(client_id={self.client_id!r}, host={self.host!r}, port={self.port})"
@@ -93,6 +103,11 @@ class BusClient:
         self.refusals = 0
         self._connected_event = asyncio.Event()
         self._confirmations: dict[int, asyncio.Future[None]] = {}
+        # publish_confirmed calls in progress: only then does a PUBACK need the loop.
+        self._confirming = 0
+        # Events from paho's thread waiting for the loop, and whether a drain is due.
+        self._inbox: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._drain_scheduled = False
         self._client = self._make_client(will)
 
     def _make_client(self, will: Will | None) -> mqtt.Client:
@@ -102,7 +117,13 @@ class BusClient:
             client_id=s.client_id,
             protocol=mqtt.MQTTv5,
         )
-        client.username_pw_set(s.username, s.password)
+        client.username_pw_set(s.username, s.password or None)
+        if s.tls is not None:
+            client.tls_set(
+                ca_certs=str(s.tls.ca_file),
+                certfile=str(s.tls.cert_file) if s.tls.cert_file else None,
+                keyfile=str(s.tls.key_file) if s.tls.key_file else None,
+            )
         client.max_queued_messages_set(s.max_queued)
         client.max_inflight_messages_set(s.max_inflight)
         client.reconnect_delay_set(min_delay=1, max_delay=15)
@@ -153,22 +174,34 @@ class BusClient:
         self, topic: str, payload: bytes, *, retain: bool = False, timeout: float = 10.0
     ) -> None:
         """Publish at QoS 1 and wait for the broker's PUBACK; a refusal raises PublishRefused."""
-        mid = self.publish(topic, payload, qos=1, retain=retain)
-        # Registered before any await: the PUBACK is handled on this loop, after this line.
-        waiter = self._loop.create_future()
-        self._confirmations[mid] = waiter
+        # Counted before the publish, so paho's thread hands this PUBACK to the loop.
+        self._confirming += 1
         try:
-            await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            raise PublishRefused(f"no PUBACK for {topic} within {timeout:.0f} s") from None
+            mid = self.publish(topic, payload, qos=1, retain=retain)
+            # Registered before any await: the PUBACK is handled on this loop, after this line.
+            waiter = self._loop.create_future()
+            self._confirmations[mid] = waiter
+            try:
+                await asyncio.wait_for(waiter, timeout)
+            except TimeoutError:
+                raise PublishRefused(f"no PUBACK for {topic} within {timeout:.0f} s") from None
+            finally:
+                self._confirmations.pop(mid, None)
         finally:
-            self._confirmations.pop(mid, None)
+            self._confirming -= 1
 
     # -- paho thread side: hand everything to the loop ----------------------
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        if not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(fn, *args)
+        self._inbox.append((fn, args))
+        # The drain clears the flag before it empties the deque, so an event appended
+        # while the flag is still set is always drained by the one already scheduled.
+        if not self._drain_scheduled and not self._loop.is_closed():
+            self._drain_scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop closed meanwhile: nobody is listening
+                self._drain_scheduled = False
 
     def _paho_connect(
         self, _c: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any = None
@@ -182,7 +215,9 @@ class BusClient:
         self._call(self._handle_message, msg.topic, bytes(msg.payload))
 
     def _paho_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
-        self._call(self._handle_published, mid, rc.is_failure, str(rc))
+        # Nobody waits for the PUBACK of a plain publish: only refusals need the loop.
+        if rc.is_failure or self._confirming:
+            self._call(self._handle_published, mid, rc.is_failure, str(rc))
 
     def _paho_subscribe(
         self, _c: mqtt.Client, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any
@@ -191,6 +226,16 @@ class BusClient:
         self._call(self._handle_subscribed, mid, failures)
 
     # -- event loop side ------------------------------------------------------
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        inbox = self._inbox
+        while inbox:
+            fn, args = inbox.popleft()
+            try:
+                fn(*args)
+            except Exception:  # one bad handler must not strand the rest of the burst
+                logger.exception("%s: handler %s failed", self.settings.client_id, fn)
 
     def _handle_connect(self, failed: bool, reason: str, session_present: bool) -> None:
         if failed:

@@ -7,7 +7,6 @@ subclass naming what was wrong and never return a half-valid object.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Annotated, Literal, TypeVar
@@ -147,13 +146,13 @@ def _decode(model: type[M], payload: bytes, *, cap: int = MAX_PAYLOAD_BYTES) -> 
     if len(payload) > cap:
         raise PayloadTooLarge(f"{len(payload)} bytes is over the {cap} byte cap")
     try:
-        data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedJSON(f"not UTF-8 JSON: {exc}") from None
-    try:
-        return model.model_validate(data)
+        # pydantic-core parses and validates in one pass: about half the cost of
+        # json.loads + model_validate, which the gateway pays for every check-in.
+        return model.model_validate_json(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        first = exc.errors(include_url=False, include_input=False)[0]
+        if first["type"] == "json_invalid":
+            raise MalformedJSON(f"not UTF-8 JSON: {first['msg']}") from None
         where = ".".join(str(p) for p in first["loc"]) or "(root)"
         raise SchemaViolation(
             f"{model.__name__}: {where}: {first['msg']} ({exc.error_count()} error(s))"

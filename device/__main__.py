@@ -1,4 +1,7 @@
-"""Command line of the gate device: ``python -m device run --config FILE``."""
+"""Command line of the gate device: ``python -m device run --config FILE``.
+
+An unconfigured device enrolls by QR code: ``python -m device enroll --state-dir DIR``.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from broker.errors import BrokerError
 from device.app import GateDevice
 from device.check import check, make_readers
 from device.config import load_config
+from device.enroll import add_cli as add_enroll_cli
+from device.enroll import run_cli as run_enroll
 from device.errors import DeviceError
 
 logger = logging.getLogger("device")
@@ -40,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument(
         "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
+    add_enroll_cli(sub)
     return parser
 
 
@@ -74,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args)
+        if args.command == "enroll":
+            return run_enroll(args)
         asyncio.run(_run(args.config, args.drain))
     except (DeviceError, BrokerError) as exc:
         logger.error("%s", exc)

@@ -127,6 +127,7 @@ class GateDevice:
             port=c.broker.port,
             keepalive_s=c.broker.keepalive_s,
             session_expiry_s=c.broker.session_expiry_s,
+            tls=c.broker.tls,
         )
         client = BusClient(
             settings,

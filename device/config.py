@@ -95,6 +95,12 @@ def _resolve_paths(config: DeviceConfig, base: Path) -> DeviceConfig:
     broker = config.broker
     if broker.password_file is not None:
         broker = broker.model_copy(update={"password_file": fix(broker.password_file)})
+    if broker.tls is not None:
+        tls = broker.tls
+        files = {"ca_file": fix(tls.ca_file)}
+        if tls.cert_file is not None and tls.key_file is not None:
+            files |= {"cert_file": fix(tls.cert_file), "key_file": fix(tls.key_file)}
+        broker = broker.model_copy(update={"tls": tls.model_copy(update=files)})
     source = config.frame_source
     if isinstance(source, FileSourceConfig):
         source = source.model_copy(update={"paths": [fix(p) for p in source.paths]})

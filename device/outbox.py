@@ -93,6 +93,18 @@ class Outbox:
             ).fetchall()
         return [CheckIn.model_validate_json(r) for (r,) in rows]
 
+    def pending_json(self, *, after: int = 0, limit: int = 100) -> list[tuple[int, str]]:
+        """Like :meth:`pending`, as (seq, the record's JSON as stored), without parsing.
+
+        The JSON is what ``append`` wrote from a validated ``CheckIn``, so the
+        uplink can put it into a message as is.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, record FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            ).fetchall()
+        return [(int(seq), str(record)) for seq, record in rows]
+
     def ack(self, upto: int) -> int:
         """Forget every check-in up to and including ``upto``; returns how many went."""
         with self._lock:

@@ -1,7 +1,8 @@
 """One scan pipeline built from a config: camera, decoder, readers, policy, signals, scanner.
 
-A pushed config replaces the whole pipeline between two frames; the outbox,
-the broker link and the counters live outside it and carry on.
+A pushed config replaces the whole pipeline between two frames, after every code
+already decoded has been decided, signalled and stored; the outbox, the broker link
+and the counters live outside it and carry on.
 """
 
 from __future__ import annotations
@@ -102,7 +103,11 @@ class Pipeline:
         self.scanner.start()
 
     def close(self) -> None:
-        """Stop scanning and release what this pipeline opened (blocks for one frame)."""
+        """Stop scanning and release what this pipeline opened.
+
+        Blocks for the current frame and for the decisions still queued behind it: they
+        are signalled and stored before the signals close.
+        """
         self.scanner.stop()
         self.signals.close()
         self.policy.close()

@@ -84,6 +84,11 @@ class Signals:
     ACK_ON_S = 0.1
     ACK_OFF_S = 0.1
     ACK_TIMES = 2
+    # Enrollment patterns are long and distinct: they answer a technician, not a passer-by.
+    ENROLLED_ON_S = 0.2
+    ENROLLED_OFF_S = 0.2
+    ENROLLED_TIMES = 5
+    ENROLL_FAILED_S = 2.0
 
     def __init__(
         self,
@@ -157,6 +162,23 @@ class Signals:
         with self._cond:
             if self._usable(f"direction {direction}"):
                 self._post(pattern)
+
+    def enrolled(self) -> float:
+        """Enrollment done: five green blinks with a high beep each; returns its length (s)."""
+        on, off = self.ENROLLED_ON_S, self.ENROLLED_OFF_S
+        pattern = self._blinks(GREEN, "high", self.ENROLLED_TIMES, on, off)
+        with self._cond:
+            if self._usable("enrolled"):
+                self._post(pattern)
+        return pattern.length_s
+
+    def enroll_failed(self) -> float:
+        """Enrollment refused or failed: red and a low tone, long; returns its length (s)."""
+        pattern = self._blinks(RED, "low", 1, self.ENROLL_FAILED_S, self.ENROLLED_OFF_S)
+        with self._cond:
+            if self._usable("enroll failed"):
+                self._post(pattern)
+        return pattern.length_s
 
     def link_down(self, down: bool) -> None:
         """Blink amber slowly while ``down``, between whatever other patterns play."""

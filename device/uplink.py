@@ -1,8 +1,14 @@
 """Delivers the outbox to the gateway and deletes what the gateway acks.
 
 Runs on the event loop. The gateway acks cumulatively ("everything of this
-stream up to N is committed"); anything unacked is sent again after a
-reconnect or after ``ack_timeout_s`` without progress. The gateway stores each
+stream up to N is committed"). After a reconnect everything unacked is sent
+again: the broker may have lost it. After ``ack_timeout_s`` without progress
+only the oldest unacked message is sent again, and the next timeout doubles:
+a gateway that is merely busy (catching up with many devices at once) then
+gets one extra message from each device instead of its whole outbox again.
+While such a resend is answered, each ack that advances sends the next oldest
+unacked message, so a gap (a gateway killed after taking messages it never
+stored) refills at the speed of the acks. The gateway stores each
 (device, stream, seq) once, so resending is always safe.
 """
 
@@ -15,11 +21,14 @@ import time
 
 from broker.client import BusClient, PublishRefused
 from broker.errors import BadMessage, PayloadTooLarge
-from broker.messages import CheckIn, CheckInBatch, decode_ack, encode
+from broker.messages import MAX_PAYLOAD_BYTES, CheckInBatch, decode_ack
 from broker.topics import Channel, device_topic
 from device.outbox import Outbox
 
 logger = logging.getLogger(__name__)
+
+# The resend timeout doubles per unanswered resend, up to this many times ack_timeout_s.
+MAX_BACKOFF = 16
 
 
 class Uplink:
@@ -41,16 +50,22 @@ class Uplink:
         self._topic = device_topic(device_id, Channel.CHECKIN)
         self._max_batch = max_batch
         self._ack_timeout_s = ack_timeout_s
+        self._timeout_s = ack_timeout_s  # grows while resends go unanswered
+        self._recovering = False  # a resend after a timeout is not answered yet
         self._tick_s = tick_s
         self._wake = asyncio.Event()
         self.sent_upto = 0
         self.acked_upto = 0
         self._last_progress = time.monotonic()
+        # A message is this head + the records' JSON as the outbox holds it + "]}":
+        # byte for byte what encode(CheckInBatch(...)) makes, without re-parsing records.
+        empty = CheckInBatch.model_construct(device_id=device_id, stream=outbox.stream, records=[])
+        self._head = empty.model_dump_json(exclude_none=True).encode().removesuffix(b"]}")
 
     def configure(self, *, max_batch: int, ack_timeout_s: float) -> None:
         """Take new batching and resend settings from a pushed config."""
         self._max_batch = max_batch
-        self._ack_timeout_s = ack_timeout_s
+        self._ack_timeout_s = self._timeout_s = ack_timeout_s
 
     def wake(self) -> None:
         """Something new is in the outbox, or the link changed: look again soon."""
@@ -60,6 +75,8 @@ class Uplink:
         """After any (re)connect resend everything unacked: the broker may have lost it."""
         self.sent_upto = self.acked_upto
         self._last_progress = time.monotonic()
+        self._timeout_s = self._ack_timeout_s
+        self._recovering = False
         self.wake()
 
     def on_ack_message(self, payload: bytes) -> None:
@@ -80,6 +97,11 @@ class Uplink:
             self.acked_upto = ack.upto
             self.sent_upto = max(self.sent_upto, ack.upto)
             self._last_progress = time.monotonic()
+            self._timeout_s = self._ack_timeout_s
+            if self._recovering:
+                self._recovering = self.sent_upto > self.acked_upto
+                if self._recovering and self._client.connected:
+                    self._resend_oldest()
         self.wake()
 
     async def run(self) -> None:
@@ -96,19 +118,33 @@ class Uplink:
                 self.send_pending()
 
     def _resend_if_stalled(self) -> None:
-        stalled = time.monotonic() - self._last_progress > self._ack_timeout_s
-        if self.sent_upto > self.acked_upto and stalled:
+        now = time.monotonic()
+        if self.sent_upto > self.acked_upto and now - self._last_progress > self._timeout_s:
             logger.warning(
-                "no ack for %.0f s; resending from seq %d", self._ack_timeout_s, self.acked_upto + 1
+                "no ack for %.0f s; resending from seq %d (one message; next try in %.0f s)",
+                now - self._last_progress,
+                self.acked_upto + 1,
+                min(2 * self._timeout_s, MAX_BACKOFF * self._ack_timeout_s),
             )
-            self.sent_upto = self.acked_upto
-            self._last_progress = time.monotonic()
+            self._last_progress = now
+            self._timeout_s = min(2 * self._timeout_s, MAX_BACKOFF * self._ack_timeout_s)
+            self._recovering = True
+            self._resend_oldest()
+
+    def _resend_oldest(self) -> None:
+        """Send the oldest unacked message again (sent_upto stays where it is)."""
+        records = self._outbox.pending_json(after=self.acked_upto, limit=self._max_batch)
+        if records:
+            try:
+                self._publish(records)
+            except PublishRefused as exc:
+                logger.warning("cannot resend check-ins now: %s", exc)
 
     def send_pending(self) -> int:
         """Publish everything not yet sent on this connection; returns how many went."""
         sent = 0
         while True:
-            records = self._outbox.pending(after=self.sent_upto, limit=self._max_batch)
+            records = self._outbox.pending_json(after=self.sent_upto, limit=self._max_batch)
             if not records:
                 return sent
             try:
@@ -118,20 +154,19 @@ class Uplink:
                 return sent
             if self.sent_upto == self.acked_upto:
                 self._last_progress = time.monotonic()
-            self.sent_upto = records[count - 1].seq
+            self.sent_upto = records[count - 1][0]
             sent += count
 
-    def _publish(self, records: list[CheckIn]) -> int:
+    def _publish(self, records: list[tuple[int, str]]) -> int:
         """Publish as many of ``records`` as fit one message; returns how many."""
         while True:
-            batch = CheckInBatch(
-                device_id=self.device_id, stream=self._outbox.stream, records=records
-            )
-            try:
-                payload = encode(batch)
-            except PayloadTooLarge:
+            payload = b"".join((self._head, ",".join(text for _, text in records).encode(), b"]}"))
+            if len(payload) > MAX_PAYLOAD_BYTES:
                 if len(records) == 1:
-                    raise
+                    raise PayloadTooLarge(
+                        f"check-in {records[0][0]}: {len(payload)} bytes is over the "
+                        f"{MAX_PAYLOAD_BYTES} byte cap"
+                    )
                 records = records[: len(records) // 2]
                 continue
             self._client.publish(self._topic, payload, qos=1)

@@ -3,17 +3,21 @@
 Messages arrive on the event loop from the MQTT seam and wait in a queue. One
 task takes everything waiting (up to ``max_batch`` messages), validates each,
 writes all of it in one transaction, and only after the commit publishes one
-cumulative ack per touched stream. A bad message is refused with a reason,
-logged once, counted and recorded; it never stops the next good one.
+cumulative ack per touched stream. It takes and validates the next batch while
+the previous one commits on the database thread (one commit at a time). A bad
+message is refused with a reason, logged once, counted and recorded; it never
+stops the next good one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from broker.errors import BadMessage, BadTopic
 from broker.messages import CheckInBatch, decode_checkins, decode_state
@@ -27,12 +31,13 @@ from gateway.store import (
     StreamKey,
     TracingStore,
     WriteBatch,
-    utc_now,
 )
 
 logger = logging.getLogger(__name__)
 
 AckSender = Callable[[str, str, int], None]  # (device_id, stream, upto)
+# Provisioning adds and revokes devices in the database while the gateway runs.
+DEVICE_REFRESH_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +77,18 @@ class StreamMark:
         return mark
 
 
+class _Prepared:
+    """A validated batch: what to write, and the stream marks it advances to."""
+
+    __slots__ = ("batch", "marks", "resent", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size  # messages
+        self.batch = WriteBatch()
+        self.marks: dict[StreamKey, StreamMark] = {}
+        self.resent = 0  # check-ins at or below the mark: already stored
+
+
 class Ingestor:
     """Validates and stores device messages and acks what is committed."""
 
@@ -87,11 +104,17 @@ class Ingestor:
         self._send_ack = send_ack
         self._on_committed = on_committed
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
+        # Filled by submit, emptied by run; a deque and an event cost far less per
+        # message than an asyncio.Queue (no getter futures to wake per put).
+        self._waiting: deque[Incoming] = deque()
+        self._arrived = asyncio.Event()
+        self._clock = _MillisecondClock()
         self._devices: dict[str, DeviceEntry] = {}
+        self._devices_at = time.monotonic()
         self._marks: dict[StreamKey, StreamMark] = {}
+        # Marks of the batch being committed (validation of the next one builds on them).
+        self._pending: dict[StreamKey, StreamMark] = {}
         self.counts: Counter[str] = Counter()
-        self._resent = 0
 
     async def load(self) -> None:
         """Read known devices and stream marks from the store."""
@@ -101,47 +124,87 @@ class Ingestor:
 
     def submit(self, topic: str, payload: bytes) -> None:
         """Queue a message from the bus (called on the event loop)."""
-        self._queue.put_nowait(Incoming(topic, payload, utc_now()))
+        self._waiting.append(Incoming(topic, payload, self._clock.now()))
+        self._arrived.set()
 
     def backlog(self) -> int:
-        return self._queue.qsize()
+        return len(self._waiting)
 
     async def run(self) -> None:
-        """Ingest forever: one transaction for everything that is waiting."""
-        while True:
-            items = [await self._queue.get()]
-            while len(items) < self._max_batch and not self._queue.empty():
-                items.append(self._queue.get_nowait())
-            try:
-                await self.ingest(items)
-            except StoreError:
-                # Nothing was acked, so the devices send it all again; keep serving.
-                logger.exception("could not store %d messages; waiting for resends", len(items))
-                await asyncio.sleep(1.0)
+        """Ingest forever, validating the next batch while the previous one commits.
+
+        One commit at a time, in order. Batch N+1 is validated against the marks of
+        batch N before N is committed; if N fails, N+1 is dropped unwritten (neither
+        is acked, so the devices send both again).
+        """
+        committing: asyncio.Task[bool] | None = None
+        try:
+            while True:
+                await self._arrived.wait()
+                items = self._take()
+                if not items:
+                    continue
+                if time.monotonic() - self._devices_at >= DEVICE_REFRESH_S:
+                    self._devices, self._devices_at = await self._store.devices(), time.monotonic()
+                prepared = self._prepare(items)
+                if committing is not None:
+                    # Shielded: a commit is never cancelled, its acks are owed once written.
+                    committed = await asyncio.shield(committing)
+                    committing = None
+                    if not committed:
+                        self._pending = {}
+                        await asyncio.sleep(1.0)
+                        continue
+                self._pending = prepared.marks
+                committing = asyncio.create_task(self._commit_logged(prepared))
+        finally:
+            if committing is not None:
+                await asyncio.shield(committing)
+
+    def _take(self) -> list[Incoming]:
+        waiting = self._waiting
+        items = [waiting.popleft() for _ in range(min(len(waiting), self._max_batch))]
+        if not waiting:
+            self._arrived.clear()
+        return items
+
+    async def _commit_logged(self, prepared: _Prepared) -> bool:
+        try:
+            await self._commit(prepared)
+        except StoreError:
+            # Nothing was acked, so the devices send it all again; keep serving.
+            logger.exception("could not store %d messages; waiting for resends", prepared.size)
+            return False
+        return True
 
     async def ingest(self, items: list[Incoming]) -> None:
         """Validate, commit and ack one batch of messages."""
-        batch = WriteBatch()
-        new_marks: dict[StreamKey, StreamMark] = {}
-        self._resent = 0
+        await self._commit(self._prepare(items))
+
+    def _prepare(self, items: list[Incoming]) -> _Prepared:
+        """Validate ``items`` into one write batch (on the loop, no database access)."""
+        prepared = _Prepared(len(items))
         for item in items:
             try:
-                self._accept(item, batch, new_marks)
+                self._accept(item, prepared)
             except Refused as exc:
-                self._refuse(item, exc, batch)
-        batch.marks = {key: mark.upto for key, mark in new_marks.items()}
+                self._refuse(item, exc, prepared.batch)
+        prepared.batch.marks = {key: mark.upto for key, mark in prepared.marks.items()}
+        return prepared
+
+    async def _commit(self, prepared: _Prepared) -> None:
+        """Write a prepared batch; only after its COMMIT, advance the marks and ack."""
+        batch = prepared.batch
         inserted = await self._store.write(batch)
-        self._marks.update(new_marks)
+        self._marks.update(prepared.marks)
         self.counts["stored"] += inserted
-        self.counts["duplicates"] += self._resent + len(batch.arrivals) - inserted
-        for (device_id, stream), mark in new_marks.items():
+        self.counts["duplicates"] += prepared.resent + len(batch.arrivals) - inserted
+        for (device_id, stream), mark in prepared.marks.items():
             self._send_ack(device_id, stream, mark.upto)
         if self._on_committed is not None and batch.arrivals:
             self._on_committed({a.record.subject for a in batch.arrivals if a.record.subject})
 
-    def _accept(
-        self, item: Incoming, batch: WriteBatch, marks: dict[StreamKey, StreamMark]
-    ) -> None:
+    def _accept(self, item: Incoming, prepared: _Prepared) -> None:
         try:
             where = parse_topic(item.topic)
         except BadTopic as exc:
@@ -149,10 +212,12 @@ class Ingestor:
         device = self._devices.get(where.device_id)
         if device is None:
             raise Refused("unknown_device", f"device {where.device_id!r} is not registered")
+        if device.revoked_at is not None:
+            raise Refused("revoked_device", f"device {device.device_id} revoked", device.device_id)
         if where.channel is Channel.STATE:
-            self._accept_state(item, where.device_id, batch)
+            self._accept_state(item, where.device_id, prepared.batch)
         elif where.channel is Channel.CHECKIN:
-            self._accept_checkins(item, device, batch, marks)
+            self._accept_checkins(item, device, prepared)
         else:
             raise Refused(
                 "bad_topic", f"devices do not publish on {where.channel}", device.device_id
@@ -167,13 +232,7 @@ class Ingestor:
             raise Refused(exc.reason, str(exc), device_id) from None
         batch.states.append(StateChange(device_id, state, item.received_at))
 
-    def _accept_checkins(
-        self,
-        item: Incoming,
-        device: DeviceEntry,
-        batch: WriteBatch,
-        marks: dict[StreamKey, StreamMark],
-    ) -> None:
+    def _accept_checkins(self, item: Incoming, device: DeviceEntry, prepared: _Prepared) -> None:
         try:
             message = decode_checkins(item.payload)
         except BadMessage as exc:
@@ -184,26 +243,28 @@ class Ingestor:
                 f"payload says device {message.device_id!r} on the topic of {device.device_id!r}",
                 device.device_id,
             )
-        self._add_arrivals(message, device, item.received_at, batch, marks)
+        self._add_arrivals(message, device, item.received_at, prepared)
 
     def _add_arrivals(
         self,
         message: CheckInBatch,
         device: DeviceEntry,
         received_at: str,
-        batch: WriteBatch,
-        marks: dict[StreamKey, StreamMark],
+        prepared: _Prepared,
     ) -> None:
         key = (message.device_id, message.stream)
-        mark = marks.get(key) or self._marks.get(key) or StreamMark()
+        marks = prepared.marks
+        # The batch being committed counts as stored: this one is written only if it is.
+        mark = marks.get(key) or self._pending.get(key) or self._marks.get(key) or StreamMark()
         marks[key] = mark.advanced([r.seq for r in message.records])
+        arrivals = prepared.batch.arrivals
         for record in message.records:
             if record.seq > mark.upto:
-                batch.arrivals.append(
+                arrivals.append(
                     Arrival(device.device_id, device.site_id, message.stream, record, received_at)
                 )
             else:
-                self._resent += 1
+                prepared.resent += 1
 
     def _refuse(self, item: Incoming, exc: Refused, batch: WriteBatch) -> None:
         self.counts[f"refused_{exc.reason}"] += 1
@@ -218,3 +279,25 @@ class Ingestor:
                 len(item.payload),
             )
         )
+
+
+class _MillisecondClock:
+    """``utc_now()`` text, formatted once per millisecond however many messages arrive in it."""
+
+    __slots__ = ("_ms", "_text")
+
+    def __init__(self) -> None:
+        self._ms = -1
+        self._text = ""
+
+    def now(self) -> str:
+        ms = time.time_ns() // 1_000_000
+        if ms != self._ms:
+            self._ms = ms
+            self._text = utc_now_ms(ms)
+        return self._text
+
+
+def utc_now_ms(ms: int) -> str:
+    """Milliseconds since the epoch as stored in the database (the format of ``utc_now``)."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")

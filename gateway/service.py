@@ -7,9 +7,12 @@ import logging
 from zoneinfo import ZoneInfo
 
 from broker.client import BusClient, ClientSettings, PublishRefused
+from broker.enrollment import ALL_REQUESTS, is_enrollment_topic
 from broker.messages import Ack, encode
 from broker.topics import Channel, all_devices, device_topic
+from gateway.alerts import AlertWatcher
 from gateway.config import GatewayConfig
+from gateway.enrollment import Enroller
 from gateway.errors import GatewayError
 from gateway.fleet import ConfigPublisher
 from gateway.ingest import Ingestor
@@ -17,6 +20,7 @@ from gateway.registry import register_sites
 from gateway.retention import run_retention
 from gateway.staykeeper import StayKeeper
 from gateway.store import SQLiteStore
+from gateway.web.app import start_web
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +47,9 @@ class Gateway:
         self.config = config
         self.store: SQLiteStore | None = None
         self.ingestor: Ingestor | None = None
+        self.enroller: Enroller | None = None
         self.client: BusClient | None = None
+        self.publisher: ConfigPublisher | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.stays: StayKeeper | None = None
 
@@ -62,20 +68,28 @@ class Gateway:
                 on_committed=self.stays.mark,
             )
             await self.ingestor.load()
+            self.enroller = Enroller(self.store, send_reply=self._send_reply)
             self.client = self._make_client()
             self.client.start()
             keeper = asyncio.create_task(self.stays.run(stop), name="stays")
+            self.publisher = ConfigPublisher(self.store, self.client)
+            web = start_web(self.config, self.publisher, stop)
             tasks = [
+                asyncio.create_task(self.publisher.follow(stop), name="configs"),
                 asyncio.create_task(self.ingestor.run(), name="ingest"),
+                asyncio.create_task(self.enroller.run(), name="enrollment"),
                 asyncio.create_task(
                     run_retention(self.config.database, days=self.config.retention_days),
                     name="retention",
                 ),
+                asyncio.create_task(AlertWatcher(self.config.database).run(), name="alerts"),
             ]
             await stop.wait()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if web is not None:
+                await web
             self.client.stop()
             await keeper
             logger.info("gateway stopped: %s", dict(self.ingestor.counts))
@@ -88,8 +102,12 @@ class Gateway:
         return BusClient(
             settings,
             loop=asyncio.get_running_loop(),
-            subscriptions=[(all_devices(Channel.CHECKIN), 1), (all_devices(Channel.STATE), 1)],
-            on_message=self.ingestor.submit,
+            subscriptions=[
+                (all_devices(Channel.CHECKIN), 1),
+                (all_devices(Channel.STATE), 1),
+                (ALL_REQUESTS, 1),
+            ],
+            on_message=self._route,
             on_connected=self._on_connected,
         )
 
@@ -101,7 +119,8 @@ class Gateway:
     async def _republish_configs(self) -> None:
         assert self.store is not None and self.client is not None
         try:
-            count = await ConfigPublisher(self.store, self.client).republish_all()
+            publisher = self.publisher or ConfigPublisher(self.store, self.client)
+            count = await publisher.republish_all()
         except GatewayError as exc:
             logger.warning("desired configs not republished: %s", exc)
         except PublishRefused as exc:
@@ -117,3 +136,19 @@ class Gateway:
         except PublishRefused as exc:
             # The device resends after its ack timeout and gets the ack then.
             logger.warning("ack to %s not sent: %s", device_id, exc)
+
+    def _route(self, topic: str, payload: bytes) -> None:
+        """Enrollment requests to the enroller, everything else to ingest."""
+        assert self.ingestor is not None and self.enroller is not None
+        if is_enrollment_topic(topic):
+            self.enroller.submit(topic, payload)
+        else:
+            self.ingestor.submit(topic, payload)
+
+    def _send_reply(self, topic: str, payload: bytes) -> None:
+        assert self.client is not None
+        try:
+            self.client.publish(topic, payload, qos=1)
+        except PublishRefused as exc:
+            # The device asks again after its reply timeout and gets the same answer.
+            logger.warning("enrollment reply on %s not sent: %s", topic, exc)

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gpiozero.pins.mock import MockFactory
 
+from broker.client import BusClient, ClientSettings
 from broker.launcher import Mosquitto
+from broker.messages import Ack, CheckIn, CheckInBatch, decode_checkins, encode
 from broker.sealing import Opener
+from broker.topics import Channel, all_devices, device_topic
+from brokerkit import SyncClient
 from conftest import SiteMaker, StartService, db_rows, outbox_depth, stored_count, wait_until
 from device.app import GateDevice
 from device.config import load_config
+from device.outbox import Outbox
+from device.uplink import Uplink
 from provisioning.census import take_census
-from provisioning.site import Site
+from provisioning.site import GATEWAY_USER, Site
 
 Frames = tuple[list[str], list[Path]]
 
@@ -207,3 +215,119 @@ def test_device_killed_right_after_scan_delivers_on_restart(
     db = sqlite3.connect(site.database)
     (sealed,) = db.execute("SELECT sealed FROM checkins WHERE seq = 1").fetchone()
     assert Opener.from_file(site.authority_key).open(sealed).id_number == texts[0].split("|")[0]
+
+
+async def test_silent_gateway_gets_the_oldest_message_again_not_the_outbox(
+    make_site: SiteMaker, broker_for: Callable[[Site], Mosquitto], blank_frames: Path
+) -> None:
+    """After an ack timeout one message goes again; acks then refill the rest in order."""
+    site = make_site([[blank_frames]])
+    broker_for(site)
+    device_id = site.device_ids[0]
+    gateway = SyncClient(site.broker, "silent-gateway", GATEWAY_USER, site.password(GATEWAY_USER))
+    gateway.connect()
+    gateway.subscribe(all_devices(Channel.CHECKIN))
+    outbox = Outbox(site.outbox(device_id))
+    for _ in range(250):
+        outbox.append(
+            lambda seq: CheckIn(
+                seq=seq,
+                scanned_at=datetime.now(UTC),
+                direction="in",
+                kind="unrecognized",
+                accepted=False,
+                reason="unrecognized",
+            )
+        )
+    expected_first = encode(
+        CheckInBatch(device_id=device_id, stream=outbox.stream, records=outbox.pending(limit=100))
+    )
+    client = BusClient(
+        ClientSettings(device_id, device_id, site.password(device_id), port=site.broker.port),
+        loop=asyncio.get_running_loop(),
+        subscriptions=[(device_topic(device_id, Channel.ACK), 1)],
+        on_message=lambda _topic, payload: uplink.on_ack_message(payload),
+    )
+    uplink = Uplink(
+        device_id=device_id, outbox=outbox, client=client, max_batch=100, ack_timeout_s=1.0
+    )
+    client.start()
+    task = asyncio.create_task(uplink.run())
+
+    async def next_seqs(timeout: float = 15.0) -> list[int] | None:
+        message = await asyncio.to_thread(gateway.next_message, timeout)
+        return (
+            None
+            if message is None
+            else [r.seq for r in decode_checkins(bytes(message.payload)).records]
+        )
+
+    def ack(upto: int) -> None:
+        payload = encode(Ack(stream=outbox.stream, upto=upto))
+        gateway.publish(device_topic(device_id, Channel.ACK), payload)
+
+    try:
+        first = await asyncio.to_thread(gateway.next_message, 15.0)
+        assert first is not None and first.payload == expected_first, "same bytes as encode()"
+        assert await next_seqs() == list(range(101, 201))
+        assert await next_seqs() == list(range(201, 251))
+        # No ack within ack_timeout_s: the oldest message once more, not all three.
+        assert await next_seqs() == list(range(1, 101))
+        uplink.configure(max_batch=100, ack_timeout_s=60.0)  # no more timeouts from here
+        assert await next_seqs(2.0) is None
+        # Each advancing ack while resending sends the next oldest message at once.
+        ack(100)
+        assert await next_seqs() == list(range(101, 201))
+        ack(200)
+        assert await next_seqs() == list(range(201, 251))
+        ack(250)
+        assert await next_seqs(2.0) is None
+        assert outbox.depth() == 0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        client.stop()
+        gateway.close()
+        outbox.close()
+
+
+async def test_bus_client_hands_a_burst_to_the_loop_in_order(
+    make_site: SiteMaker, broker_for: Callable[[Site], Mosquitto], blank_frames: Path
+) -> None:
+    """Thousands of messages in a burst all reach the handler, in order; confirms still work."""
+    site = make_site([[blank_frames]])
+    broker_for(site)
+    device_id = site.device_ids[0]
+    loop = asyncio.get_running_loop()
+    got: list[bytes] = []
+    port = site.broker.port
+    receiver = BusClient(
+        ClientSettings("burst-receiver", GATEWAY_USER, site.password(GATEWAY_USER), port=port),
+        loop=loop,
+        subscriptions=[(all_devices(Channel.CHECKIN), 1)],
+        on_message=lambda _topic, payload: got.append(payload),
+    )
+    sender = BusClient(
+        ClientSettings(device_id, device_id, site.password(device_id), port=port), loop=loop
+    )
+    topic = device_topic(device_id, Channel.CHECKIN)
+    receiver.start()
+    sender.start()
+    try:
+        await receiver.wait_connected(15.0)
+        await sender.wait_connected(15.0)
+        while not got:  # until the receiver's subscription is in place
+            await sender.publish_confirmed(topic, b"probe")
+            await asyncio.sleep(0.05)
+        burst = [str(i).encode() for i in range(3000)]
+        for payload in burst[:-1]:
+            sender.publish(topic, payload)
+        await sender.publish_confirmed(topic, burst[-1], timeout=30.0)
+        async with asyncio.timeout(30.0):
+            while got[-1] != burst[-1]:
+                await asyncio.sleep(0.05)
+        assert [p for p in got if p != b"probe"] == burst
+    finally:
+        sender.stop()
+        receiver.stop()
