@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DURATION ?= 30
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup test-setup demo test lint bench clean
 
 setup:
 	@./scripts/setup.sh
@@ -15,11 +15,15 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --explicit-package-bases tests/bench/device.py
 
-test: lint
+test-setup:
+	@./scripts/setup.sh --test
+
+test: test-setup lint
 	$(PY) -m pytest
 
-BENCHES ?= decode device_run ingest trace
+BENCHES ?= decode device ingest trace
 
 bench: setup
 	@for b in $(BENCHES); do echo "== tests/bench/$$b.py"; $(PY) tests/bench/$$b.py || exit 1; done
