@@ -4,10 +4,13 @@ A *patch* is a partial :class:`DeviceSettings` as JSON: nested objects merge
 key by key, anything else (numbers, text, lists) replaces; an object whose
 ``type`` differs from the one it patches (a frame source) replaces it whole.
 A device's effective settings are its base (the newest desired config pushed
-to it, else the defaults with its registered direction), then its site's
-defaults, then its own override. Every patch is checked against every device
-it affects before it is stored: an invalid one raises :class:`InvalidPatch`
-naming the device and field, and nothing is stored.
+to it whole, by provisioning or ``push-config``, else the defaults with its
+registered direction), then its site's defaults, then its own override. The
+configs this module pushes are stored as *layered*, never used as a base: a
+default that is cleared or changed no longer shows in the next push. Every
+patch is checked against every device it affects before it is stored: an
+invalid one raises :class:`InvalidPatch` naming the device and field, and
+nothing is stored.
 
 Patches are versioned per scope (``revision``); each effective config pushed
 is versioned by :class:`gateway.fleet.ConfigPublisher` and published retained.
@@ -135,8 +138,14 @@ async def push_effective(
         if newest is not None and not force and newest[1] == settings:
             versions[device_id] = newest[0]
             continue
-        versions[device_id] = await publisher.push(device_id, settings)
+        versions[device_id] = await publisher.push(device_id, settings, layered=True)
     return versions
+
+
+async def base_settings(db: aiosqlite.Connection, device_id: str) -> DeviceSettings | None:
+    """The newest config pushed to the device whole (not layered), if any."""
+    newest = await _newest_desired(db, device_id, bases_only=True)
+    return newest[1] if newest is not None else None
 
 
 async def site_device_ids(db: aiosqlite.Connection, site_id: str) -> list[str]:
@@ -184,9 +193,9 @@ def _validated(settings: Mapping[str, Any], what: str) -> DeviceSettings:
 
 
 async def _base(db: aiosqlite.Connection, device_id: str) -> Patch:
-    newest = await _newest_desired(db, device_id)
-    if newest is not None:
-        return newest[1].model_dump(mode="json")
+    base = await base_settings(db, device_id)
+    if base is not None:
+        return base.model_dump(mode="json")
     async with db.execute("SELECT direction FROM devices WHERE device_id = ?", (device_id,)) as cur:
         row = await cur.fetchone()
     direction = str(row[0]) if row else "in"
@@ -194,11 +203,11 @@ async def _base(db: aiosqlite.Connection, device_id: str) -> Patch:
 
 
 async def _newest_desired(
-    db: aiosqlite.Connection, device_id: str
+    db: aiosqlite.Connection, device_id: str, *, bases_only: bool = False
 ) -> tuple[int, DeviceSettings] | None:
     async with db.execute(
         "SELECT version, settings FROM desired_configs WHERE device_id = ? "
-        "ORDER BY version DESC LIMIT 1",
+        f"{'AND NOT layered ' if bases_only else ''}ORDER BY version DESC LIMIT 1",
         (device_id,),
     ) as cur:
         row = await cur.fetchone()

@@ -33,11 +33,15 @@ class ConfigPublisher:
         self._client = client
         self._published: dict[str, int] = {}
 
-    async def push(self, device_id: str, settings: DeviceSettings) -> int:
-        """Make ``settings`` the device's desired config; returns the new version."""
+    async def push(self, device_id: str, settings: DeviceSettings, *, layered: bool = False) -> int:
+        """Make ``settings`` the device's desired config; returns the new version.
+
+        ``layered`` marks settings that :mod:`gateway.desired` layered over the
+        device's base; without it, ``settings`` become the new base.
+        """
         if device_id not in await self._store.devices():
             raise UnknownDevice(f"device {device_id!r} is not registered at this gateway")
-        version = await self._store.add_desired_config(device_id, settings)
+        version = await self._store.add_desired_config(device_id, settings, layered=layered)
         await self._publish(device_id, ConfigPush(version=version, settings=settings))
         logger.info("desired config version %d published to %s", version, device_id)
         return version

@@ -85,7 +85,9 @@ class TracingStore(Protocol):
     async def devices(self) -> dict[str, DeviceEntry]: ...
     async def stream_marks(self) -> dict[StreamKey, tuple[int, set[int]]]: ...
     async def write(self, batch: WriteBatch) -> int: ...
-    async def add_desired_config(self, device_id: str, settings: DeviceSettings) -> int: ...
+    async def add_desired_config(
+        self, device_id: str, settings: DeviceSettings, *, layered: bool = False
+    ) -> int: ...
     async def desired_configs(self) -> dict[str, ConfigPush]: ...
     async def close(self) -> None: ...
 
@@ -228,8 +230,14 @@ class SQLiteStore:
             [_state_row(s) for s in states],
         )
 
-    async def add_desired_config(self, device_id: str, settings: DeviceSettings) -> int:
-        """Store a new desired config for a device; returns its version (1, 2, ...)."""
+    async def add_desired_config(
+        self, device_id: str, settings: DeviceSettings, *, layered: bool = False
+    ) -> int:
+        """Store a new desired config for a device; returns its version (1, 2, ...).
+
+        ``layered``: made by :mod:`gateway.desired` from the device's base config,
+        site defaults and override (not a base itself).
+        """
         async with self.transaction(f"store desired config for {device_id}"):
             async with self._db.execute(
                 "SELECT coalesce(max(version), 0) + 1 FROM desired_configs WHERE device_id=?",
@@ -238,8 +246,9 @@ class SQLiteStore:
                 row = await cur.fetchone()
             version = int(row[0]) if row else 1
             await self._db.execute(
-                "INSERT INTO desired_configs VALUES (?, ?, ?, ?)",
-                (device_id, version, settings.model_dump_json(), utc_now()),
+                "INSERT INTO desired_configs (device_id, version, settings, created_at, layered) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (device_id, version, settings.model_dump_json(), utc_now(), layered),
             )
         return version
 

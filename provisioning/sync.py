@@ -22,6 +22,7 @@ from broker.errors import BrokerError
 from broker.mosquitto import write_broker_config
 from broker.settings import DeviceSettings
 from device.config import DeviceConfig
+from gateway import desired
 from gateway.categories import Category
 from gateway.config import DeviceEntry, GatewayConfig
 from gateway.errors import GatewayError
@@ -188,13 +189,28 @@ async def _register(
         async with store.exclusive() as db:
             await register_sites(db, config.sites)
         await _mark_provisioned(store, manifest)
-        current = await store.desired_configs()
-        stale = [i for i, s in wanted.items() if i not in current or current[i].settings != s]
+        async with store.exclusive() as db:
+            bases = {i: await desired.base_settings(db, i) for i in wanted}
+        stale = [i for i, s in wanted.items() if bases[i] != s]
         for device_id in stale:
             await store.add_desired_config(device_id, wanted[device_id])
+            await _layer(store, device_id, wanted[device_id])
         return len(stale)
+
     finally:
         await store.close()
+
+
+async def _layer(store: SQLiteStore, device_id: str, base: DeviceSettings) -> None:
+    """Store the device's site defaults and override over its new base, if it has any."""
+    async with store.exclusive() as db:
+        try:
+            effective = await desired.effective_settings(db, device_id)
+        except desired.InvalidPatch as exc:
+            logger.warning("%s gets its base config without site defaults: %s", device_id, exc)
+            return
+    if effective != base:
+        await store.add_desired_config(device_id, effective, layered=True)
 
 
 async def _mark_provisioned(store: SQLiteStore, manifest: SiteManifest) -> None:

@@ -42,7 +42,9 @@ from gateway.fleetview import (
 from gateway.registry import UnknownSite
 from gateway.service import client_settings
 from gateway.store import SQLiteStore
+from provisioning.manifest import load_manifest
 from provisioning.site import Site
+from provisioning.sync import register_at_gateway
 
 BASE = DeviceSettings(
     frame_source=FileSourceConfig(paths=[Path("/srv/frames")], interval_s=0.2),
@@ -232,3 +234,32 @@ def test_console_sees_applied_config_drift_on_refusal_and_recent_checkins(
     assert len(checkins) == 2 and checkins[0].scanned_at >= checkins[1].scanned_at
     assert all(c.accepted and c.subject and c.initials for c in checkins)
     assert {f.name for f in fields(RecentCheckin)}.isdisjoint({"sealed", "personal", "id_number"})
+
+
+async def revert_scenario(site: Site) -> tuple[DeviceSettings, ...]:
+    manifest = load_manifest(site.directory)
+    assert await asyncio.to_thread(register_at_gateway, site, manifest) == 1
+    async with Console(site) as c:
+        base = (await c.store.desired_configs())["gate-1"].settings  # provisioning's version 1
+        await set_site_defaults(c.db, "test-site", {"health_interval_s": 5})
+        assert await push_effective(c.db, c.publisher, ["gate-1"]) == {"gate-1": 2}
+        layered = (await c.store.desired_configs())["gate-1"].settings
+        # Provisioning run again for the same devices: their bases are unchanged.
+        rerun = await asyncio.to_thread(register_at_gateway, site, manifest)
+        assert rerun == 0, "a provisioning re-run stored new desired configs"
+        await set_site_defaults(c.db, "test-site", {})
+        assert await push_effective(c.db, c.publisher, ["gate-1"]) == {"gate-1": 3}
+        reverted = (await c.store.desired_configs())["gate-1"].settings
+    return base, layered, reverted
+
+
+def test_cleared_site_defaults_revert_and_provisioning_reruns_keep_them(
+    make_site: SiteMaker, blank_frames: Path, broker_for: Callable[[Site], Mosquitto]
+) -> None:
+    site = make_site([[blank_frames]])
+    broker_for(site)
+    base, layered, reverted = asyncio.run(revert_scenario(site))
+    assert base.health_interval_s != 5 and layered.health_interval_s == 5
+    assert reverted == base
+    rows = db_rows(site, "SELECT version, layered FROM desired_configs ORDER BY version")
+    assert rows == [(1, 0), (2, 1), (3, 1)]
