@@ -1,20 +1,27 @@
-"""The one seam where paho's network thread meets asyncio, for devices and the gateway alike.
+"""The MQTT client of devices and the gateway: paho driven by the asyncio event loop.
 
-paho runs its own thread (``loop_start``); every paho callback does nothing but
-hand the event to the event loop. Handlers given to :class:`BusClient` therefore
-always run on the event loop, in the order paho saw the events.
+paho has no thread of its own here. The event loop watches its socket
+(``add_reader``/``add_writer``) and calls paho's ``loop_read``/``loop_write``;
+a task calls ``loop_misc`` for keepalive pings. Only the blocking connect
+(DNS, TCP, TLS handshake) runs in an executor thread, and the loop touches the
+client only once it returns. This is how aiomqtt drives paho: no thread to
+wake per publish (paho's threaded loop writes a socket pair and switches
+threads on every ``publish()``), no hand-off per received message.
 
-The hand-off is per burst, not per event: a callback appends to a deque and
-only the first event of a burst schedules a drain with
-``loop.call_soon_threadsafe`` (each call writes to the loop's self-pipe and wakes
-it). Under load one wake-up then carries many messages; an idle client still
-hands each event over at once.
+paho's callbacks only queue the event; a drain scheduled once per burst runs
+the handlers, outside paho's own call stack and in the order paho saw the
+events. Handlers given to :class:`BusClient` therefore always run on the event
+loop, never inside paho.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +37,13 @@ from broker.errors import BrokerError
 from broker.secrets import TlsFiles
 
 logger = logging.getLogger(__name__)
+
+RECONNECT_MIN_S = 1.0
+RECONNECT_MAX_S = 15.0
+# At stop, how long to wait for the broker to read everything before its own close.
+STOP_LINGER_S = 1.0
+# How often paho checks keepalive (sends PINGREQ, notices a missing PINGRESP).
+MISC_INTERVAL_S = 1.0
 
 
 class PublishRefused(BrokerError):
@@ -79,7 +93,8 @@ class BusClient:
 
     ``connected`` is true only after a CONNACK with a success reason code: a
     refused connection (bad password, not authorised) is logged and retried,
-    never taken for a connection.
+    never taken for a connection. A lost connection is retried by itself,
+    every 1 s at first and at most every 15 s.
     """
 
     def __init__(
@@ -103,11 +118,17 @@ class BusClient:
         self.refusals = 0
         self._connected_event = asyncio.Event()
         self._confirmations: dict[int, asyncio.Future[None]] = {}
-        # publish_confirmed calls in progress: only then does a PUBACK need the loop.
+        # publish_confirmed calls in progress: only then does a PUBACK need handling.
         self._confirming = 0
-        # Events from paho's thread waiting for the loop, and whether a drain is due.
+        # Events from paho waiting for the drain, and whether a drain is due.
         self._inbox: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self._drain_scheduled = False
+        self._loop_thread: int | None = None
+        self._socket: Any = None  # the socket the loop watches, while connected
+        self._lost = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._accepted = False  # a CONNACK accepted this connection
         self._client = self._make_client(will)
 
     def _make_client(self, will: Will | None) -> mqtt.Client:
@@ -126,7 +147,6 @@ class BusClient:
             )
         client.max_queued_messages_set(s.max_queued)
         client.max_inflight_messages_set(s.max_inflight)
-        client.reconnect_delay_set(min_delay=1, max_delay=15)
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         client.on_connect = self._paho_connect
@@ -136,10 +156,11 @@ class BusClient:
         client.on_subscribe = self._paho_subscribe
         return client
 
-    # -- lifecycle (event loop side) ---------------------------------------
+    # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
-        """Begin connecting in paho's thread; reconnects happen by themselves."""
+        """Begin connecting; reconnects happen by themselves until :meth:`stop`."""
+        self._loop_thread = threading.get_ident()
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.settings.session_expiry_s
         self._client.connect_async(
@@ -149,17 +170,121 @@ class BusClient:
             clean_start=False,
             properties=props,
         )
-        self._client.loop_start()
+        self._runner = self._loop.create_task(
+            self._keep_connected(), name=f"mqtt-{self.settings.client_id}"
+        )
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait for an accepted connection; raises TimeoutError."""
         await asyncio.wait_for(self._connected_event.wait(), timeout)
 
     def stop(self) -> None:
-        """Disconnect cleanly (no last will) and stop paho's thread."""
-        self._client.disconnect()
-        self._client.loop_stop()
+        """Send what is queued and a DISCONNECT (no last will), then stop reconnecting."""
+        self._stopping = True
+        if self._runner is not None:
+            self._runner.cancel()
+        if self._socket is not None:
+            self._client.disconnect()
+            # Non-blocking: pending publishes, then the DISCONNECT, after which paho
+            # closes the socket (and _socket_closed lets go of it).
+            self._client.loop_write()
+        self._forget_socket()
         self.connected = False
+        self._connected_event.clear()
+
+    async def _keep_connected(self) -> None:
+        delay = RECONNECT_MIN_S
+        while not self._stopping:
+            if await self._open():
+                await self._lost.wait()
+                self._forget_socket()
+                if self._accepted:  # back off from scratch after a working connection
+                    delay = RECONNECT_MIN_S
+                self._accepted = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
+    async def _open(self) -> bool:
+        """Connect in an executor thread, then hand the socket to the loop."""
+        client = self._client
+        # While the executor thread connects, paho must not call back into the loop.
+        client.on_socket_register_write = None
+        client.on_socket_unregister_write = None
+        client.on_socket_close = None
+        connecting = self._loop.run_in_executor(None, client.reconnect)
+        try:
+            rc = await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            connecting.add_done_callback(self._abandon)
+            raise
+        except OSError as exc:  # refused, unreachable, timed out, TLS handshake failed
+            logger.warning(
+                "%s cannot reach %s:%d: %s",
+                self.settings.client_id,
+                self.settings.host,
+                self.settings.port,
+                exc,
+            )
+            return False
+        sock = client.socket()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or sock is None:
+            logger.warning("%s: connect failed: %s", self.settings.client_id, mqtt.error_string(rc))
+            return False
+        self._lost.clear()
+        self._socket = sock
+        _no_delay(sock)
+        self._loop.add_reader(sock, self._readable)
+        client.on_socket_register_write = self._register_write
+        client.on_socket_unregister_write = self._unregister_write
+        client.on_socket_close = self._socket_closed
+        if client.want_write():  # the CONNECT went out only in part
+            self._loop.add_writer(sock, self._writable)
+        self._loop.create_task(self._keepalive(sock), name=f"mqtt-ping-{self.settings.client_id}")
+        return True
+
+    def _abandon(self, connecting: asyncio.Future[MQTTErrorCode]) -> None:
+        """Stopped while connecting: close the connection the executor opened after all."""
+        if not connecting.cancelled() and connecting.exception() is None:
+            self._client.disconnect()
+            self._client.loop_write()
+
+    async def _keepalive(self, sock: Any) -> None:
+        while self._socket is sock and not self._stopping:
+            if self._client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return  # paho closed the socket and reported the disconnect
+            await asyncio.sleep(MISC_INTERVAL_S)
+
+    # -- socket events (event loop) --------------------------------------------
+
+    def _readable(self) -> None:
+        client = self._client
+        rc = client.loop_read()
+        # A TLS socket can hold decrypted bytes that the selector does not see.
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and _tls_pending(client.socket()):
+            rc = client.loop_read()
+
+    def _writable(self) -> None:
+        self._client.loop_write()
+
+    def _register_write(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
+        self._loop.add_writer(sock, self._writable)
+
+    def _unregister_write(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
+        self._loop.remove_writer(sock)
+
+    def _socket_closed(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
+        # Called by paho just before it closes the socket: let go of its descriptor
+        # while it is still valid.
+        if sock is self._socket:
+            self._forget_socket()
+            if self._stopping:
+                _linger(sock)
+
+    def _forget_socket(self) -> None:
+        sock, self._socket = self._socket, None
+        if sock is not None and not self._loop.is_closed():
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
         """Hand a message to paho; returns its mid or raises :class:`PublishRefused`."""
@@ -174,11 +299,11 @@ class BusClient:
         self, topic: str, payload: bytes, *, retain: bool = False, timeout: float = 10.0
     ) -> None:
         """Publish at QoS 1 and wait for the broker's PUBACK; a refusal raises PublishRefused."""
-        # Counted before the publish, so paho's thread hands this PUBACK to the loop.
+        # Counted before the publish, so this PUBACK is handed to the drain.
         self._confirming += 1
         try:
             mid = self.publish(topic, payload, qos=1, retain=retain)
-            # Registered before any await: the PUBACK is handled on this loop, after this line.
+            # Registered before any await: the PUBACK is handled after this line.
             waiter = self._loop.create_future()
             self._confirmations[mid] = waiter
             try:
@@ -190,18 +315,22 @@ class BusClient:
         finally:
             self._confirming -= 1
 
-    # -- paho thread side: hand everything to the loop ----------------------
+    # -- paho callbacks: queue the event --------------------------------------
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
         self._inbox.append((fn, args))
         # The drain clears the flag before it empties the deque, so an event appended
         # while the flag is still set is always drained by the one already scheduled.
-        if not self._drain_scheduled and not self._loop.is_closed():
-            self._drain_scheduled = True
-            try:
+        if self._drain_scheduled or self._loop.is_closed():
+            return
+        self._drain_scheduled = True
+        try:
+            if threading.get_ident() == self._loop_thread:
+                self._loop.call_soon(self._drain)
+            else:  # paho reporting a failed send from inside the executor's connect
                 self._loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # the loop closed meanwhile: nobody is listening
-                self._drain_scheduled = False
+        except RuntimeError:  # the loop closed meanwhile: nobody is listening
+            self._drain_scheduled = False
 
     def _paho_connect(
         self, _c: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any = None
@@ -215,7 +344,7 @@ class BusClient:
         self._call(self._handle_message, msg.topic, bytes(msg.payload))
 
     def _paho_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
-        # Nobody waits for the PUBACK of a plain publish: only refusals need the loop.
+        # Nobody waits for the PUBACK of a plain publish: only refusals need handling.
         if rc.is_failure or self._confirming:
             self._call(self._handle_published, mid, rc.is_failure, str(rc))
 
@@ -225,7 +354,7 @@ class BusClient:
         failures = [str(rc) for rc in rcs if rc.is_failure]
         self._call(self._handle_subscribed, mid, failures)
 
-    # -- event loop side ------------------------------------------------------
+    # -- handlers (event loop, outside paho) -------------------------------------
 
     def _drain(self) -> None:
         self._drain_scheduled = False
@@ -248,6 +377,7 @@ class BusClient:
                 reason,
             )
             return
+        self._accepted = True
         logger.info(
             "%s connected to %s:%d (session present: %s)",
             self.settings.client_id,
@@ -266,6 +396,7 @@ class BusClient:
         was_connected = self.connected
         self.connected = False
         self._connected_event.clear()
+        self._lost.set()
         if was_connected:
             logger.warning("%s lost the broker: %s", self.settings.client_id, reason)
             if self._on_disconnected is not None:
@@ -292,3 +423,30 @@ class BusClient:
             )
         else:
             logger.info("%s: subscription %d granted", self.settings.client_id, mid)
+
+
+def _tls_pending(sock: Any) -> bool:
+    """Whether a TLS socket holds decrypted bytes not yet read (a plain socket never does)."""
+    pending = getattr(sock, "pending", None)
+    return bool(pending is not None and pending() > 0)
+
+
+def _no_delay(sock: Any) -> None:
+    """Send each MQTT packet at once: an ack held back by Nagle waits for the peer's delayed ACK."""
+    with contextlib.suppress(OSError, AttributeError):  # not TCP (a test's socket pair)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _linger(sock: Any) -> None:
+    """Half-close and read up to the broker's close, so the broker reads all we sent.
+
+    Closing a socket with unread bytes in it (a PUBACK just arrived) makes the
+    kernel reset the connection, and the broker then drops the messages it had
+    not read yet: the last ones sent before a stop. Bounded by STOP_LINGER_S.
+    """
+    deadline = time.monotonic() + STOP_LINGER_S
+    with contextlib.suppress(OSError, ValueError):
+        sock.settimeout(STOP_LINGER_S)
+        sock.shutdown(socket.SHUT_WR)
+        while time.monotonic() < deadline and sock.recv(65536):
+            pass

@@ -1109,11 +1109,11 @@ _SPY_RULES: list[tuple[str, tuple[str, ...]]] = [
     ("topic parsing", ("parse_topic",)),
     ("aiosqlite round trips, loop side (BEGIN, executemany, COMMIT)", ("SQLiteStore.",)),
     ("ingest (other)", ("Ingestor.ingest", "Ingestor._accept")),
-    ("paho -> loop hand-off, loop side (submit)", ("Ingestor.submit", "BusClient._handle")),
-    ("call_soon_threadsafe (paho + aiosqlite threads)", ("call_soon_threadsafe",)),
+    ("paho -> handler hand-off (submit)", ("Ingestor.submit", "BusClient._handle")),
+    ("call_soon_threadsafe (aiosqlite thread)", ("call_soon_threadsafe",)),
     ("paho: read + parse packets", ("_packet_read", "_handle_publish", "_packet_handle")),
     ("paho: write packets / PUBACKs", ("_packet_write", "_send_puback", "_packet_queue")),
-    ("paho: loop (select bookkeeping)", ("Client._loop", "loop_forever")),
+    ("paho: socket callbacks", ("BusClient._readable", "BusClient._writable")),
     ("aiosqlite worker (Python side)", ("_connection_worker_thread",)),
     ("asyncio loop machinery", ("_run_once", "BaseEventLoop")),
 ]
@@ -1135,9 +1135,7 @@ def summarise_spy(path: Path, seconds: float) -> list[str]:
         count = int(count_text)
         frames = stack.split(";")
         thread = frames[0].split(": ", 1)[-1]
-        if "paho-mqtt-client" in thread:
-            role = "paho network thread"
-        elif thread == "MainThread":
+        if thread == "MainThread":
             role = "event loop (main thread)"
         elif any("aiosqlite" in f for f in frames):
             role = "aiosqlite thread"
@@ -1585,9 +1583,9 @@ class Bench:
 
         device: scan -> the uplink hands the message to paho (outbox append, wake,
         read back, encode); to_gateway: -> the gateway's event loop takes it
-        (device paho thread, broker, gateway paho thread, hand-off); gateway: -> the
+        (device paho, broker, gateway paho, hand-off); gateway: -> the
         broker forwards the ack that covers it (ingest queue, validation, commit,
-        ack publish); back: -> the ack is applied at the device (device paho thread,
+        ack publish); back: -> the ack is applied at the device (device paho on
         its event loop, outbox delete). received_at is truncated to the millisecond.
         """
         out: dict[str, list[float]] = {
